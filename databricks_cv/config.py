@@ -114,6 +114,10 @@ class TrainingConfig:
         if self.learning_rate <= 0: yield "learning_rate", f"must be > 0, got {self.learning_rate}"
         if self.max_epochs < 1 and self.max_steps < 1: yield "max_epochs", "set `max_epochs` or `max_steps` to a positive number"
         if not 0 <= self.confidence_threshold <= 1: yield "confidence_threshold", f"must be in [0, 1], got {self.confidence_threshold}"
+        if self.max_detections < 1: yield "max_detections", f"must be >= 1, got {self.max_detections}"
+        if not 0 <= self.min_lr_ratio <= 1: yield "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
+        if self.warmup_steps < 0: yield "warmup_steps", f"must be >= 0, got {self.warmup_steps}"
+        if self.backbone_lr_multiplier < 0: yield "backbone_lr_multiplier", f"must be >= 0, got {self.backbone_lr_multiplier}"
 
 # %% ../nbs/00_config.ipynb #2198fc64
 @dataclass

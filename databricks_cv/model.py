@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib, json, math, warnings
 from pathlib import Path
 from typing import Optional, Union
+import numpy as np
 import torch
 from torch import nn
 import pytorch_lightning as pl
@@ -18,16 +19,20 @@ from .boxes import xyxy_to_coco
 from .adapters import OutputAdapter, get_adapter, build_hf_config
 
 # %% auto #0
-__all__ = ['COCO_METRICS', 'make_map_metric', 'map_metrics', 'DetectionModel', 'parameter_groups', 'warmup_cosine_factor']
+__all__ = ['COCO_METRICS', 'COCO_IOU_THRESHOLDS', 'COCO_RECALL_THRESHOLDS', 'make_map_metric', 'map_metrics', 'DetectionModel',
+           'parameter_groups', 'warmup_cosine_factor']
 
 # %% ../nbs/05_model.ipynb #49994d8c
 COCO_METRICS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
                 "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")  # COCOeval.stats[0..11], in order
 
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()  # as pycocotools' `Params`, in float64
+COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
+
 def make_map_metric(training:TrainingConfig) -> MeanAveragePrecision:
     "COCO-style `MeanAveragePrecision` (xyxy boxes, per-class numbers) with the configured backend."
     m = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, max_detection_thresholds=[1, 10, 100],
-                             backend=training.map_backend)
+                             iou_thresholds=COCO_IOU_THRESHOLDS, rec_thresholds=COCO_RECALL_THRESHOLDS, backend=training.map_backend)
     m.warn_on_many_detections = False
     return m
 
