@@ -1,0 +1,67 @@
+"""The main job, measured: `databricks-cv train` (quickstart preset) against a plain PyTorch loop on the same
+model, data and wall-clock budget, in one run of this script.
+
+    python bench/quickstart.py               # both, ~20 min on 2 cores
+    python bench/quickstart.py --only ours   # just the command
+
+Prints wall time (goal: <= 600 s including data generation and test evaluation) and test mAP@50 (goal >= 0.80),
+and the ratio of our test mAP@50 to the plain loop's after the same wall time. Record results in bench/RESULTS.md.
+"""
+import argparse, json, os, re, subprocess, sys, tempfile, time
+from pathlib import Path
+
+def run_ours(workdir):
+    t0 = time.time()
+    r = subprocess.run(["databricks-cv", "train", "quickstart", f"training.output_dir={workdir}/runs",
+                        f"data.shapes.path={workdir}/runs/shapes"], capture_output=True, text=True)
+    wall = time.time() - t0
+    if r.returncode: sys.exit(f"databricks-cv train failed:\n{r.stderr[-3000:]}")
+    table = {m.group(1): [float(x) for x in m.group(2).split()] for m in re.finditer(r"^(\w+)\s+([\d.\s-]+)$", r.stdout, re.M)}
+    print(r.stdout[-1500:])
+    return wall, table
+
+def run_plain(workdir, budget_s):
+    "A plain PyTorch loop: same model config, same data pipeline, AdamW, no schedule, for `budget_s` seconds."
+    import torch
+    from torchmetrics.detection import MeanAveragePrecision
+    from databricks_cv.config import load_config
+    from databricks_cv.adapters import get_adapter, build_hf_model
+    from databricks_cv.data import DetectionDataModule
+    t0 = time.time()
+    cfg = load_config("quickstart", [f"data.shapes.path={workdir}/runs/shapes"])
+    torch.manual_seed(cfg.training.seed)
+    adapter = get_adapter(cfg.model.model_type)
+    dm = DetectionDataModule(cfg.data, adapter=adapter); dm.prepare_data(); dm.setup("fit"); dm.setup("test")
+    model = build_hf_model(cfg.model, dm.id2label)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay)
+    eval_s = 30  # keep time for the test evaluation
+    while time.time() - t0 < budget_s - eval_s:
+        for b in dm.train_dataloader():
+            model.train()
+            loss = model(pixel_values=b["pixel_values"], pixel_mask=b["pixel_mask"], labels=b["labels"]).loss
+            opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
+            if time.time() - t0 > budget_s - eval_s: break
+    metric = MeanAveragePrecision(box_format="xyxy")
+    model.eval()
+    with torch.no_grad():
+        for b in dm.test_dataloader():
+            out = model(pixel_values=b["pixel_values"], pixel_mask=b["pixel_mask"])
+            metric.update(adapter.format_predictions(out, b["meta"]), adapter.format_targets(b["targets"], b["meta"]))
+    res = metric.compute()
+    return time.time() - t0, float(res["map_50"]), float(res["map"])
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(); ap.add_argument("--only", choices=["ours", "plain"])
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-quickstart-"))
+    ours = plain = None
+    if args.only in (None, "ours"):
+        wall, table = run_ours(work)
+        ours = (wall, table.get("map_50", [None, None])[-1])
+        print(f"ours:  wall {wall:.0f} s (goal <= 600 s), test mAP@50 {ours[1]} (goal >= 0.80)")
+    if args.only in (None, "plain"):
+        budget = ours[0] if ours else 600
+        plain = run_plain(work, budget)
+        print(f"plain: wall {plain[0]:.0f} s, test mAP@50 {plain[1]:.4f}, mAP {plain[2]:.4f}")
+    if ours and plain and plain[1] > 0:
+        print(f"ratio of test mAP@50, ours / plain loop, same wall time: {ours[1] / plain[1]:.3f}")
