@@ -127,10 +127,16 @@ def cmd_presets(args) -> int:
     for name in list_presets(): print(name)
     return 0
 
-# %% ../nbs/10_cli.ipynb #eb3385a8
+# %% ../nbs/10_cli.ipynb #b34ce705
 def main(argv:Optional[list]=None) -> int:
     "Entry point of the `databricks-cv` command."
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # `key=value` overrides may come after the options too (`evaluate CFG --checkpoint X data.x=1`): argparse leaves
+    # those over once the positionals are taken, and they join the overrides; anything else is an error.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra): args.overrides += extra
+        else: parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         _parser().print_help(); return 2
     run = {"train": cmd_train, "evaluate": cmd_evaluate, "make-shapes": cmd_make_shapes, "presets": cmd_presets}[args.command]
