@@ -127,7 +127,7 @@ def cmd_presets(args) -> int:
     for name in list_presets(): print(name)
     return 0
 
-# %% ../nbs/10_cli.ipynb #b34ce705
+# %% ../nbs/10_cli.ipynb #90390551
 def main(argv:Optional[list]=None) -> int:
     "Entry point of the `databricks-cv` command."
     parser = _parser()
@@ -138,7 +138,7 @@ def main(argv:Optional[list]=None) -> int:
         if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra): args.overrides += extra
         else: parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
-        _parser().print_help(); return 2
+        parser.print_help(); return 2
     run = {"train": cmd_train, "evaluate": cmd_evaluate, "make-shapes": cmd_make_shapes, "presets": cmd_presets}[args.command]
     try: return run(args)
     except KeyboardInterrupt:
