@@ -14,13 +14,17 @@ the work folder), which is the number to compare settings by (`--no-big-eval` sk
 import argparse, json, os, re, subprocess, sys, tempfile, time
 from pathlib import Path
 
+def metrics_rows(text):
+    "The rows of the metrics table `databricks-cv` prints: name -> [value per column]."
+    return {m.group(1): [float(x) for x in m.group(2).split()] for m in re.finditer(r"^(\w+)[ \t]+([-\d. \t]+)$", text, re.M)}
+
 def run_ours(workdir):
     t0 = time.time()
     r = subprocess.run(["databricks-cv", "train", "quickstart", f"training.output_dir={workdir}/runs",
                         f"data.shapes.path={workdir}/runs/shapes"], capture_output=True, text=True)
     wall = time.time() - t0
     if r.returncode: sys.exit(f"databricks-cv train failed:\n{r.stderr[-3000:]}")
-    table = {m.group(1): [float(x) for x in m.group(2).split()] for m in re.finditer(r"^(\w+)\s+([\d.\s-]+)$", r.stdout, re.M)}
+    table = metrics_rows(r.stdout)
     print(r.stdout[-1500:])
     best = re.search(r"^best checkpoint: (.+)$", r.stdout, re.M).group(1)
     return wall, table, best
@@ -31,8 +35,8 @@ def big_eval(workdir, checkpoint, n=1000, seed=7):
                         f"data.shapes.path={workdir}/big-eval", f"data.shapes.n_images={n}", f"data.shapes.seed={seed}",
                         "data.shapes.split_fractions=[0.0, 0.0, 1.0]"], capture_output=True, text=True)
     if r.returncode: sys.exit(f"databricks-cv evaluate failed:\n{r.stderr[-3000:]}")
-    table = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+)\s+(-?[\d.]+)$", r.stdout, re.M)}
-    return table["map_50"], table["map"]
+    table = metrics_rows(r.stdout)
+    return table["map_50"][-1], table["map"][-1]
 
 def run_plain(workdir, budget_s):
     "A plain PyTorch loop: same model config, same data pipeline, AdamW, no schedule, for `budget_s` seconds."
