@@ -302,4 +302,6 @@ d = { 'settings': { 'branch': 'main',
                                                                                     'databricks_cv/trainer.py'),
                                        'databricks_cv.trainer.new_run_dir': ('trainer.html#new_run_dir', 'databricks_cv/trainer.py'),
                                        'databricks_cv.trainer.test': ('trainer.html#test', 'databricks_cv/trainer.py'),
-                                       'databricks_cv.trainer.train': ('trainer.html#train', 'databricks_cv/trainer.py')}}}
+                                       'databricks_cv.trainer.train': ('trainer.html#train', 'databricks_cv/trainer.py')},
+            'databricks_cv.visualization': { 'databricks_cv.visualization.label_color': ( 'visualization.html#label_color',
+                                                                                          'databricks_cv/visualization.py')}}}
