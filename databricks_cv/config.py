@@ -27,6 +27,13 @@ class ModelConfig:
     trust_remote_code: bool = False  # only when you trust the repository
     revision: Optional[str] = None  # hub revision (branch, tag or commit) for `pretrained`
 
+    def _check(self):
+        from databricks_cv.adapters import adapter_class  # the live registry: a family registered in user code counts
+        try: adapter_class(self.model_type)
+        except KeyError as e:
+            rest = e.args[0].split(f"{self.model_type!r}", 1)[1]  # "; did you mean ...? Known families: ..."
+            yield "model_type", f"is {self.model_type!r}, which has no adapter" + (rest if rest.startswith(";") else "." + rest)
+
 # %% ../nbs/00_config.ipynb #0b358074
 @dataclass
 class SplitConfig:

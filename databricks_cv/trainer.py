@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_trainer.ipynb #1f4b4181
 from __future__ import annotations
-import json, os, time
+import json, logging, os, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
@@ -16,7 +16,7 @@ from .config import Config, ConfigError, config_from_dict, config_to_dict, save_
 
 # %% auto #0
 __all__ = ['new_run_dir', 'AtomicCheckpointIO', 'TrainResult', 'latest_checkpoint', 'find_resumable_run', 'UnifiedTrainer',
-           'train', 'test', 'get_metrics']
+           'quiet_library_noise', 'EarlyStoppingAfterValidation', 'train', 'test', 'get_metrics']
 
 # %% ../nbs/07_trainer.ipynb #88500962
 def new_run_dir(output_dir, # parent folder of all runs
@@ -108,6 +108,31 @@ class UnifiedTrainer:
         from databricks_cv.model import DetectionModel
         return DetectionModel(self.config, datamodule.id2label, datamodule.category_ids)
 
+# %% ../nbs/07_trainer.ipynb #b056089f
+_log = logging.getLogger("databricks_cv")
+
+class _DropRecords(logging.Filter):
+    "Drop log records whose message contains one of `fragments`."
+    def __init__(self, *fragments): super().__init__(); self.fragments = fragments
+    def filter(self, record): return not any(f in record.getMessage() for f in self.fragments)
+
+def quiet_library_noise():
+    "Silence library output that tells a user nothing about their run (Lightning's tips for its cloud products, deprecations inside Lightning)."
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`weights_only` was not set")  # our own checkpoints carry a config object
+    lg = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropRecords) for f in lg.filters): lg.addFilter(_DropRecords("litlogger", "litmodels"))
+
+# %% ../nbs/07_trainer.ipynb #580a52fb
+class EarlyStoppingAfterValidation(EarlyStopping):
+    "Lightning's `EarlyStopping`, checked only after the first validation of the run."
+    _validated = False
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking: self._validated = True
+        super().on_validation_end(trainer, pl_module)
+    def _run_early_stopping_check(self, trainer):
+        if self._validated or self.monitor in trainer.callback_metrics: super()._run_early_stopping_check(trainer)
+
 # %% ../nbs/07_trainer.ipynb #a7b81a16
 def _init_callbacks(self:UnifiedTrainer) -> list:
     t = self.config.training
@@ -120,7 +145,7 @@ def _init_callbacks(self:UnifiedTrainer) -> list:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", every_n_train_steps=t.checkpoint_every_n_steps,
                                          save_top_k=1, monitor=None, enable_version_counter=False, save_on_train_epoch_end=False))
     if t.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
+        callbacks.append(EarlyStoppingAfterValidation(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     return callbacks
 UnifiedTrainer._init_callbacks = _init_callbacks
 
@@ -143,6 +168,7 @@ def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
     cfg = self.config
     if cfg.distributed.backend != "local":
         raise ConfigError("distributed.backend", f"is {cfg.distributed.backend!r}: only 'local' training is available in this version")
+    quiet_library_noise()
     pl.seed_everything(cfg.training.seed, workers=True, verbose=False)
     ckpt, state = None, {}
     if resume:
@@ -161,11 +187,16 @@ def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
     uri = getattr(logger, "_tracking_uri", None) if logger else None
     if not resume: save_config(cfg, self.run_dir / "config.yaml")
     _write_run_state(self.run_dir, run_id=run_id, tracking_uri=uri)
-    dm = self.datamodule = self.datamodule or self._init_datamodule()
-    dm.prepare_data(); dm.setup("fit")
-    self.model = self.model or self._init_model(dm)
-    self.trainer = self._init_trainer(logger)
-    self.trainer.fit(self.model, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    self.trainer = None
+    try:
+        dm = self.datamodule = self.datamodule or self._init_datamodule()
+        dm.prepare_data(); dm.setup("fit")
+        self.model = self.model or self._init_model(dm)
+        self.trainer = self._init_trainer(logger)
+        self.trainer.fit(self.model, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+        self._validate_if_never_validated()
+    except BaseException as e:
+        self._mark_failed(e); raise
     best = self.best_checkpoint.best_model_path or None
     if logger and best and cfg.tracking.log_checkpoint:
         logger.experiment.log_artifact(run_id, best, "checkpoints")
@@ -177,6 +208,32 @@ def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
     _write_run_state(self.run_dir, best_checkpoint=best, global_step=self.trainer.global_step, finished=True)
     return self.result
 UnifiedTrainer.train = train
+
+def _validate_if_never_validated(self:UnifiedTrainer):
+    "A run stopped (by `max_steps`) before its first validation: validate once, and keep that checkpoint as the best."
+    tr, ck = self.trainer, self.best_checkpoint
+    if ck.best_model_path or tr.interrupted or tr.global_step == 0 or ck.monitor in tr.callback_metrics: return
+    _log.warning(f"the run stopped after {tr.global_step} steps, before its first validation: validating once now")
+    tr.validate(self.model, datamodule=self.datamodule, verbose=False)
+    score = tr.callback_metrics.get(ck.monitor)
+    if score is None: return  # `monitor` is not a validation metric: nothing to rank a checkpoint by
+    path = Path(ck.dirpath) / f"best-step{tr.global_step:06d}.ckpt"
+    tr.save_checkpoint(path)
+    ck.best_model_path, ck.best_model_score, ck.best_k_models = str(path), score, {str(path): score}
+UnifiedTrainer._validate_if_never_validated = _validate_if_never_validated
+
+def _mark_failed(self:UnifiedTrainer, error:BaseException):
+    "Record a failed run in `run.json` and MLflow, and say where it is and whether it can be resumed."
+    step = self.trainer.global_step if self.trainer is not None else 0
+    _write_run_state(self.run_dir, failed=f"{type(error).__name__}: {error}", global_step=step)
+    if self.logger and getattr(self.logger, "_initialized", False):
+        try: self.logger.finalize("KILLED" if isinstance(error, KeyboardInterrupt) else "failed")
+        except Exception: pass  # the tracking server may be what failed
+    resumable = latest_checkpoint(self.run_dir) is not None
+    _log.warning(f"training failed after {step} steps; its run directory is {self.run_dir} "
+                 + ("(resume with `train(resume=True)` or `databricks-cv train --resume`)" if resumable
+                    else "(it holds no checkpoint: the next run starts a new directory)"))
+UnifiedTrainer._mark_failed = _mark_failed
 
 # %% ../nbs/07_trainer.ipynb #b0d9d594
 def test(self:UnifiedTrainer, checkpoint=None) -> dict:
