@@ -139,6 +139,8 @@ def main(argv:Optional[list]=None) -> int:
         else: parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help(); return 2
+    if args.command == "train" and "=" in args.config and not Path(args.config).exists():
+        args.overrides.insert(0, args.config); args.config = "quickstart"  # `train key=value ...`: overrides of the default
     run = {"train": cmd_train, "evaluate": cmd_evaluate, "make-shapes": cmd_make_shapes, "presets": cmd_presets}[args.command]
     try: return run(args)
     except KeyboardInterrupt:
