@@ -12,8 +12,8 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 import yaml
 
 # %% auto #0
-__all__ = ['ModelConfig', 'SplitConfig', 'ShapesConfig', 'DataConfig', 'TrainingConfig', 'TrackingConfig', 'TuneConfig',
-           'DatabricksClusterConfig', 'DistributedConfig', 'Config', 'ConfigError', 'config_from_dict',
+__all__ = ['ModelConfig', 'SplitConfig', 'ShapesConfig', 'DataConfig', 'duration_seconds', 'TrainingConfig', 'TrackingConfig',
+           'TuneConfig', 'DatabricksClusterConfig', 'DistributedConfig', 'Config', 'ConfigError', 'config_from_dict',
            'apply_overrides', 'preset_dir', 'list_presets', 'load_config', 'config_to_dict', 'save_config',
            'flatten_config']
 
@@ -87,11 +87,22 @@ class DataConfig:
         if self.num_workers < 0: yield "num_workers", f"must be >= 0, got {self.num_workers}"
 
 # %% ../nbs/00_config.ipynb #f1a61afd
+def duration_seconds(value, # minutes (a number), or "HH:MM:SS" / "MM:SS"
+                    ) -> float:
+    "Seconds in a duration written as minutes or as a clock time; a clear error for anything else."
+    if isinstance(value, (int, float)) and not isinstance(value, bool): seconds = float(value) * 60
+    elif isinstance(value, str) and 2 <= len(value.split(":")) <= 3 and all(p.strip().isdigit() for p in value.split(":")):
+        seconds = float(sum(int(p) * 60 ** i for i, p in enumerate(reversed(value.split(":")))))
+    else: raise ValueError(f"must be minutes (a number) or \"HH:MM:SS\", got {value!r}")
+    if seconds <= 0: raise ValueError(f"must be a positive duration, got {value!r}")
+    return seconds
+
 @dataclass
 class TrainingConfig:
     "Optimisation, schedule, checkpoints and evaluation."
     max_epochs: int = 10
     max_steps: int = -1  # -1: no step limit
+    max_time: Union[float, str, None] = None  # budget for training, validation and the final test: minutes, or "HH:MM:SS"; epochs are fitted to it (`max_epochs` caps them)
     learning_rate: float = 1e-4
     backbone_lr_multiplier: float = 0.1  # backbone learning rate = learning_rate * this
     weight_decay: float = 1e-4  # not applied to norms and biases
@@ -120,6 +131,9 @@ class TrainingConfig:
     def _check(self):
         if self.learning_rate <= 0: yield "learning_rate", f"must be > 0, got {self.learning_rate}"
         if self.max_epochs < 1 and self.max_steps < 1: yield "max_epochs", "set `max_epochs` or `max_steps` to a positive number"
+        if self.max_time is not None:
+            try: duration_seconds(self.max_time)
+            except ValueError as e: yield "max_time", str(e)
         if not 0 <= self.confidence_threshold <= 1: yield "confidence_threshold", f"must be in [0, 1], got {self.confidence_threshold}"
         if self.max_detections < 1: yield "max_detections", f"must be >= 1, got {self.max_detections}"
         if not 0 <= self.min_lr_ratio <= 1: yield "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"

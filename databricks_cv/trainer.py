@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_trainer.ipynb #1f4b4181
 from __future__ import annotations
-import json, logging, os, time, warnings
+import json, logging, math, os, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
@@ -16,7 +16,8 @@ from .config import Config, ConfigError, config_from_dict, config_to_dict, save_
 
 # %% auto #0
 __all__ = ['new_run_dir', 'AtomicCheckpointIO', 'TrainResult', 'latest_checkpoint', 'find_resumable_run', 'UnifiedTrainer',
-           'quiet_library_noise', 'EarlyStoppingAfterValidation', 'train', 'test', 'get_metrics']
+           'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'TimeBudget', 'train', 'test',
+           'get_metrics']
 
 # %% ../nbs/07_trainer.ipynb #88500962
 def new_run_dir(output_dir, # parent folder of all runs
@@ -133,6 +134,35 @@ class EarlyStoppingAfterValidation(EarlyStopping):
     def _run_early_stopping_check(self, trainer):
         if self._validated or self.monitor in trainer.callback_metrics: super()._run_early_stopping_check(trainer)
 
+# %% ../nbs/07_trainer.ipynb #89c80535
+def plan_epochs(remaining_s:float, # budget left after this epoch, minus the final test
+                epoch_s:float, # wall time of one epoch with its validation
+                done:int, # epochs finished
+                cap:int, # `max_epochs`
+                margin:float=0.05, # fraction of the remaining time kept free
+               ) -> int:
+    "The total number of epochs that fits the budget: at least `done`, at most `cap`."
+    more = int(max(remaining_s, 0) * (1 - margin) // epoch_s) if epoch_s > 0 else cap
+    return max(done, min(cap, done + more))
+
+class TimeBudget(pl.Callback):
+    "Fit the number of epochs to a wall-clock budget, re-planned after every epoch; the LR schedule follows the plan."
+    def __init__(self, budget_s:float, max_epochs:int):
+        self.budget_s, self.max_epochs, self.start, self.val_s, self.plans = budget_s, max_epochs, None, 0.0, []
+    def on_fit_start(self, trainer, pl_module): self.start = time.time()
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking: self._v0 = time.time()
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking: self.val_s = time.time() - self._v0
+    def on_train_epoch_end(self, trainer, pl_module):
+        done, elapsed = trainer.current_epoch + 1, time.time() - self.start
+        planned = plan_epochs(self.budget_s - elapsed - self.val_s, elapsed / done, done, self.max_epochs)
+        planned = trainer.strategy.broadcast(planned, src=0)  # every rank stops at the same epoch
+        self.plans.append(planned)
+        trainer.fit_loop.max_epochs = planned
+        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        pl_module.total_steps = float(planned * steps)  # the warm-up/cosine schedule reads it at every step
+
 # %% ../nbs/07_trainer.ipynb #a7b81a16
 def _init_callbacks(self:UnifiedTrainer) -> list:
     t = self.config.training
@@ -144,6 +174,9 @@ def _init_callbacks(self:UnifiedTrainer) -> list:
     if t.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", every_n_train_steps=t.checkpoint_every_n_steps,
                                          save_top_k=1, monitor=None, enable_version_counter=False, save_on_train_epoch_end=False))
+    if t.max_time is not None:
+        from databricks_cv.config import duration_seconds
+        callbacks.append(TimeBudget(duration_seconds(t.max_time), t.max_epochs))
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingAfterValidation(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     return callbacks
