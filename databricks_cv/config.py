@@ -124,7 +124,7 @@ class TrainingConfig:
     check_val_every_n_epoch: int = 1
     output_dir: str = "runs"  # each run writes to a new directory under this
     train_metrics: bool = False  # also compute mAP on the training batches
-    map_backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
+    map_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"  # the same numbers; faster_coco_eval is several times faster
     max_detections: int = 100  # detections per image that evaluation sees
     confidence_threshold: float = 0.5  # for `predict` and plots only, never for mAP
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_model.ipynb #c7f286f4
 from __future__ import annotations
-import importlib, json, math, warnings
+import contextlib, importlib, io, json, math, warnings
 from pathlib import Path
 from typing import Optional, Union
 import numpy as np
@@ -19,8 +19,8 @@ from .boxes import xyxy_to_coco
 from .adapters import OutputAdapter, get_adapter, build_hf_config
 
 # %% auto #0
-__all__ = ['COCO_METRICS', 'COCO_IOU_THRESHOLDS', 'COCO_RECALL_THRESHOLDS', 'make_map_metric', 'map_metrics', 'DetectionModel',
-           'parameter_groups', 'warmup_cosine_factor']
+__all__ = ['COCO_METRICS', 'COCO_IOU_THRESHOLDS', 'COCO_RECALL_THRESHOLDS', 'CocoMeanAveragePrecision', 'make_map_metric',
+           'map_metrics', 'DetectionModel', 'parameter_groups', 'warmup_cosine_factor']
 
 # %% ../nbs/05_model.ipynb #6f524214
 COCO_METRICS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
@@ -29,9 +29,67 @@ COCO_METRICS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()  # as pycocotools' `Params`, in float64
 COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
 
+def _coco_dataset(labels:list, boxes:list, scores=None, crowds=None, areas=None, categories=()) -> dict:
+    "A COCO dataset dict from per-image tensors (boxes `coco` xywh), built as torchmetrics builds it, in one pass."
+    counts = [len(l) for l in labels]
+    cat = lambda xs, shape: torch.cat([x.reshape(shape) for x in xs]).cpu().numpy() if xs else np.zeros((0,) + shape[1:])
+    lab = cat(labels, (-1,)).astype(np.int64).tolist()
+    box = cat(boxes, (-1, 4)) if boxes else np.zeros((0, 4), np.float32)
+    box_list = box.tolist()
+    wh_area = (box[:, 2].astype(np.float64) * box[:, 3].astype(np.float64)).tolist()
+    if areas is not None:
+        given = cat(areas, (-1,))
+        area = [g if g > 0 else a for g, a in zip(given.tolist(), wh_area)]
+    else: area = wh_area
+    image_id = np.repeat(np.arange(len(labels)), counts).tolist()
+    anns = [{"id": i + 1, "image_id": im, "area": ar, "category_id": c, "bbox": b}
+            for i, (im, ar, c, b) in enumerate(zip(image_id, area, lab, box_list))]
+    if crowds is not None:
+        for a, c in zip(anns, cat(crowds, (-1,)).astype(np.int64).tolist()): a["iscrowd"] = c
+    else:
+        for a in anns: a["iscrowd"] = 0
+    if scores is not None:
+        for a, s in zip(anns, cat(scores, (-1,)).tolist()): a["score"] = s
+    return {"images": [{"id": i} for i in range(len(labels))], "annotations": anns,
+            "categories": [{"id": c, "name": str(c)} for c in categories], "info": {"description": "databricks-cv metric state"}}
+
+class CocoMeanAveragePrecision(MeanAveragePrecision):
+    "torchmetrics' `MeanAveragePrecision` (boxes), computed with one COCO evaluation: per-class numbers come from its arrays."
+    def compute(self) -> dict:
+        backend, mdt = self._coco_backend, self.max_detection_thresholds
+        labels = self.detection_labels + self.groundtruth_labels
+        classes = np.unique(torch.cat(labels).cpu().numpy()).astype(int).tolist() if labels else []
+        if self.average == "micro": raise NotImplementedError("CocoMeanAveragePrecision computes per-class (macro) numbers")
+        target, preds = backend.coco(), backend.coco()
+        target.dataset = _coco_dataset(self.groundtruth_labels, self.groundtruth_box, crowds=self.groundtruth_crowds,
+                                       areas=self.groundtruth_area, categories=classes)
+        preds.dataset = _coco_dataset(self.detection_labels, self.detection_box, scores=self.detection_scores, categories=classes)
+        with contextlib.redirect_stdout(io.StringIO()): target.createIndex(); preds.createIndex()
+        if len(preds.imgs) == 0 or len(target.imgs) == 0:
+            out = backend._coco_stats_to_tensor_dict(12 * [-1.0], prefix="", max_detection_thresholds=mdt)
+            per_map = per_mar = torch.full((len(classes),), -1.0)
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):
+                ev = backend.cocoeval(target, preds, iouType="bbox")
+                ev.params.iouThrs = np.array(self.iou_thresholds, dtype=np.float64)
+                ev.params.recThrs = np.array(self.rec_thresholds, dtype=np.float64)
+                ev.params.maxDets = mdt
+                ev.evaluate(); ev.accumulate(); ev.summarize()
+            out = backend._coco_stats_to_tensor_dict(ev.stats, prefix="", max_detection_thresholds=mdt)
+            precision, recall = np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])  # [T,R,K,A,M], [T,K,A,M]
+            index = {int(c): k for k, c in enumerate(ev.params.catIds)}
+            def mean_valid(x):
+                x = x[x > -1]
+                return float(np.mean(x)) if x.size else -1.0
+            # what COCOeval's `summarize` gives for one category: area "all" (index 0), the largest maxDets (index -1)
+            per_map = torch.tensor([mean_valid(precision[:, :, index[c], 0, -1]) for c in classes], dtype=torch.float32)
+            per_mar = torch.tensor([mean_valid(recall[:, index[c], 0, -1]) for c in classes], dtype=torch.float32)
+        out.update({"map_per_class": per_map, f"mar_{mdt[-1]}_per_class": per_mar, "classes": torch.tensor(classes, dtype=torch.int32)})
+        return out
+
 def make_map_metric(training:TrainingConfig) -> MeanAveragePrecision:
-    "COCO-style `MeanAveragePrecision` (xyxy boxes, per-class numbers) with the configured backend."
-    m = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, max_detection_thresholds=[1, 10, 100],
+    "COCO-style mAP (xyxy boxes, per-class numbers, one COCO evaluation) with the configured backend."
+    m = CocoMeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, max_detection_thresholds=[1, 10, 100],
                              iou_thresholds=COCO_IOU_THRESHOLDS, rec_thresholds=COCO_RECALL_THRESHOLDS, backend=training.map_backend)
     m.warn_on_many_detections = False
     return m
