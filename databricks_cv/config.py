@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #d9ebbf77
 from __future__ import annotations
-import dataclasses, difflib, types, typing
+import copy, dataclasses, difflib, types, typing, warnings
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from importlib import resources
 from pathlib import Path
@@ -12,10 +12,10 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 import yaml
 
 # %% auto #0
-__all__ = ['ModelConfig', 'SplitConfig', 'ShapesConfig', 'DataConfig', 'duration_seconds', 'TrainingConfig', 'TrackingConfig',
-           'TuneConfig', 'DatabricksClusterConfig', 'DistributedConfig', 'Config', 'ConfigError', 'config_from_dict',
-           'apply_overrides', 'preset_dir', 'list_presets', 'load_config', 'config_to_dict', 'save_config',
-           'flatten_config']
+__all__ = ['CONFIG_VERSION', 'CONFIG_MIGRATIONS', 'ModelConfig', 'SplitConfig', 'ShapesConfig', 'DataConfig', 'duration_seconds',
+           'TrainingConfig', 'TrackingConfig', 'TuneConfig', 'DatabricksClusterConfig', 'DistributedConfig', 'Config',
+           'ConfigError', 'config_from_dict', 'apply_overrides', 'preset_dir', 'list_presets', 'load_config',
+           'config_to_dict', 'save_config', 'flatten_config', 'migrate_config']
 
 # %% ../nbs/00_config.ipynb #30b03ab2
 @dataclass
@@ -391,3 +391,28 @@ def flatten_config(config, prefix:str="") -> dict:
         if isinstance(v, dict) and v: out.update(flatten_config(v, key))
         else: out[key] = v
     return out
+
+# %% ../nbs/00_config.ipynb #4cea9ba6
+CONFIG_VERSION = 1  # the layout of the config's keys: raise it, with a migration, when a key is renamed or moved
+CONFIG_MIGRATIONS = {0: lambda d: d}  # version -> function from a dict of that version to one of the next
+
+def _drop_unknown(cls, data:dict, prefix:str, dropped:list):
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        sub, value = hints[f.name], data.get(f.name)
+        if get_origin(sub) is Union: sub = next((a for a in get_args(sub) if is_dataclass(a)), None)
+        if is_dataclass(sub) and isinstance(value, dict): _drop_unknown(sub, value, f"{prefix}{f.name}.", dropped)
+    for k in [k for k in data if k not in {f.name for f in fields(cls)}]:
+        dropped.append(f"{prefix}{k}"); del data[k]
+
+def migrate_config(data:dict, # a config as plain data, e.g. from a checkpoint
+                   version:Optional[int]=None, # the layout it was written in (None: before versions were recorded, 0)
+                  ) -> dict:
+    "`data` in this version's layout: migrations applied, unknown keys dropped with a warning."
+    data, v = copy.deepcopy(data or {}), 0 if version is None else int(version)
+    if v > CONFIG_VERSION: warnings.warn(f"config written by a newer databricks-cv (layout {v}, this one reads {CONFIG_VERSION})")
+    while v < CONFIG_VERSION: data, v = CONFIG_MIGRATIONS[v](data), v + 1
+    dropped = []
+    _drop_unknown(Config, data, "", dropped)
+    if dropped: warnings.warn(f"config keys unknown to this version of databricks-cv were ignored: {', '.join(dropped)}")
+    return data

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from fastcore.basics import patch
 from torchmetrics.detection import MeanAveragePrecision
 import databricks_cv
-from .config import Config, TrainingConfig, config_from_dict, config_to_dict
+from .config import CONFIG_VERSION, Config, TrainingConfig, config_from_dict, config_to_dict, migrate_config
 from .boxes import xyxy_to_coco
 from .adapters import OutputAdapter, get_adapter, build_hf_config
 
@@ -112,10 +112,10 @@ def map_metrics(result:dict, # what `MeanAveragePrecision.compute()` returned
     return out
 
 # %% ../nbs/05_model.ipynb #3ec1802a
-def _as_config(config) -> Config:
-    "A `Config` from a `Config` or from its plain-dict form (what a checkpoint stores)."
+def _as_config(config, version:Optional[int]=None) -> Config:
+    "A `Config` from a `Config`, or from its plain-dict form as a checkpoint of config layout `version` stores it."
     if isinstance(config, Config): return config
-    if isinstance(config, dict): return config_from_dict(config)
+    if isinstance(config, dict): return config_from_dict(migrate_config(config, version))
     raise TypeError(f"config must be a Config or a dict, got {type(config).__name__}")
 
 def _hf_config_from_dict(d:dict, trust_remote_code:bool=False):
@@ -134,16 +134,17 @@ class DetectionModel(pl.LightningModule):
                  category_ids:Optional[list]=None, # contiguous label i -> COCO category id (`DetectionDataModule.category_ids`); None: i
                  hf_config:Optional[dict]=None, # a Hugging Face config dict: build exactly this network (set by checkpoints)
                  adapter:Union[OutputAdapter, str, None]=None, # the family's adapter, or "module:Class"; None: `get_adapter(model)`
+                 config_version:Optional[int]=None, # the layout of a `config` dict (set by checkpoints; None: written before it was)
                 ):
         super().__init__()
-        self.config = _as_config(config)
+        self.config = _as_config(config, config_version)
         self.id2label = {int(k): str(v) for k, v in id2label.items()}
         if sorted(self.id2label) != list(range(len(self.id2label))):
             raise ValueError(f"id2label must map 0..K-1 to class names, got keys {sorted(self.id2label)}")
         self.category_ids = [int(c) for c in category_ids] if category_ids is not None else list(range(len(self.id2label)))
         if len(self.category_ids) != len(self.id2label):
             raise ValueError(f"{len(self.category_ids)} category_ids for {len(self.id2label)} classes in id2label")
-        self.save_hyperparameters({"config": config_to_dict(self.config), "id2label": self.id2label,
+        self.save_hyperparameters({"config": config_to_dict(self.config), "config_version": CONFIG_VERSION, "id2label": self.id2label,
                                    "category_ids": self.category_ids})
         self._hf_config = hf_config
         self.model = self._init_model()
@@ -363,7 +364,7 @@ def configure_optimizers(self:DetectionModel):
 def on_save_checkpoint(self:DetectionModel, checkpoint:dict):
     "Store what rebuilding needs: the HF config, the adapter, the library version (config and classes are hyper-parameters)."
     hp = checkpoint.setdefault("hyper_parameters", {})
-    hp.update({"config": config_to_dict(self.config), "id2label": self.id2label, "category_ids": self.category_ids,
+    hp.update({"config": config_to_dict(self.config), "config_version": CONFIG_VERSION, "id2label": self.id2label, "category_ids": self.category_ids,
                "hf_config": self.model.config.to_dict(), "adapter": _adapter_path(self.adapter)})
     checkpoint["databricks_cv"] = {"version": databricks_cv.__version__, "adapter": _adapter_path(self.adapter),
                                    "model_type": self.config.model.model_type}
