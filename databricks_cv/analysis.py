@@ -175,23 +175,24 @@ def confusion_matrix(coco_gt, # the ground truth (as `as_coco` takes it)
         for j in np.flatnonzero(~matched): cm[label[g[j]["category_id"]], K] += 1
     return cm
 
-# %% ../nbs/13_analysis.ipynb #8f91988a
+# %% ../nbs/13_analysis.ipynb #81088d49
 TIDE_ERRORS = ("classification", "localisation", "both", "duplicate", "background", "missed")
 
+def _ap_sorted(correct:np.ndarray, n_gt:int) -> float:
+    "COCO's 101-point interpolated AP of detections already sorted best first (`correct`: true positive or not)."
+    if n_gt <= 0 or not len(correct): return 0.0
+    tp = np.cumsum(correct)
+    prec = np.maximum.accumulate((tp / np.arange(1, len(correct) + 1))[::-1])[::-1]
+    idx = np.searchsorted(tp / n_gt, np.array([x / 100 for x in range(101)]), side="left")
+    return float(np.mean(np.where(idx < len(prec), prec[np.minimum(idx, len(prec) - 1)], 0.0)))
+
 def _tide_ap(cls:np.ndarray, score:np.ndarray, correct:np.ndarray, n_gt:dict) -> float:
-    "TIDE's mAP in 0..1: COCO's 101-point interpolated AP per class with truth or detections, averaged."
+    "TIDE's mAP in 0..1: the AP of each class with truth or detections (0 for detections of a class with no truth), averaged."
     aps = []
     for c in sorted(set(n_gt) | set(cls.tolist())):
         sel = cls == c
-        if n_gt.get(c, 0) <= 0:
-            if sel.any(): aps.append(0.0)  # detections of a class with no truth: AP 0 (TIDE counts the class)
-            continue
-        t = correct[sel][np.argsort(-score[sel], kind="stable")]
-        if not len(t): aps.append(0.0); continue
-        tp = np.cumsum(t)
-        prec = np.maximum.accumulate((tp / np.arange(1, len(t) + 1))[::-1])[::-1]
-        idx = np.searchsorted(tp / n_gt[c], np.array([x / 100 for x in range(101)]), side="left")
-        aps.append(float(np.mean(np.where(idx < len(prec), prec[np.minimum(idx, len(prec) - 1)], 0.0))))
+        if n_gt.get(c, 0) <= 0 and not sel.any(): continue
+        aps.append(_ap_sorted(correct[sel][np.argsort(-score[sel], kind="stable")], n_gt.get(c, 0)))
     return float(np.mean(aps)) if aps else 0.0
 
 # %% ../nbs/13_analysis.ipynb #569ced8e
@@ -261,7 +262,50 @@ def _fixed_ap(run:dict, fix=lambda e: False) -> float:
         if ok: cls.append(c); score.append(s); correct.append(True)
     return _tide_ap(np.array(cls, dtype=np.int64), np.array(score, dtype=float), np.array(correct, dtype=bool), n_gt)
 
-# %% ../nbs/13_analysis.ipynb #8c1daeae
+# %% ../nbs/13_analysis.ipynb #ed79d387
+def _lost_per_image(run:dict) -> dict:
+    "image id -> TIDE's mAP with that image's errors fixed (equal to `_fixed_ap(run, image == id)`)."
+    errors, n_gt = run["errors"], run["n_gt"]
+    rows = defaultdict(list)  # class -> (score, position, correct, error index, kind: 0 unfixed, 1 fixed, 2 true positive)
+    for k, e in enumerate(errors):
+        if e["type"] == "missed": continue
+        rows[e["cls"]].append((e["score"], k, False, k, 0))
+        if e["fix_cls"] is not None: rows[e["fix_cls"]].append((e["score"], k, True, k, 1))
+    pos = len(errors)
+    for c, s, ok, _ in run["points"]:
+        if ok: rows[c].append((s, pos, True, -1, 2)); pos += 1
+    lists = {}
+    for c, r in rows.items():
+        a = np.array(r, dtype=float).reshape(-1, 5)
+        a = a[np.lexsort((a[:, 1], -a[:, 0]))]
+        lists[c] = (a[:, 2].astype(bool), a[:, 3].astype(np.int64), a[:, 4].astype(np.int64))
+    def class_ap(c, fixed=None, missed=0):
+        "AP of class c (None: the class drops out) with the errors in `fixed` (a bool array over errors) fixed."
+        ok, err, kind = lists.get(c, (np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        f = np.zeros(len(kind), bool) if fixed is None else fixed[np.maximum(err, 0)] & (err >= 0)
+        keep = (kind == 2) | ((kind == 0) & ~f) | ((kind == 1) & f)
+        n = n_gt.get(c, 0) - missed
+        if n <= 0 and not keep.any(): return None
+        return _ap_sorted(ok[keep], n)
+    classes = sorted(set(n_gt) | {e["cls"] for e in errors if e["type"] != "missed"})
+    ap0 = {c: class_ap(c) for c in classes}
+    total, count = sum(v for v in ap0.values() if v is not None), sum(v is not None for v in ap0.values())
+    by_image = defaultdict(list)
+    for k, e in enumerate(errors): by_image[e["image_id"]].append(k)
+    out = {}
+    for img, ks in by_image.items():
+        fixed = np.zeros(len(errors), bool); fixed[ks] = True
+        touched = {errors[k]["cls"] for k in ks} | {errors[k]["fix_cls"] for k in ks if errors[k]["fix_cls"] is not None}
+        missed = Counter(errors[k]["cls"] for k in ks if errors[k]["type"] == "missed")
+        t, n = total, count
+        for c in touched:
+            if ap0.get(c) is not None: t, n = t - ap0[c], n - 1
+            v = class_ap(c, fixed, missed.get(c, 0))
+            if v is not None: t, n = t + v, n + 1
+        out[img] = t / n if n else 0.0
+    return out
+
+# %% ../nbs/13_analysis.ipynb #aa9aa1f2
 def error_analysis(coco_gt, # the ground truth (as `as_coco` takes it)
                    coco_results, # the predictions (as `as_results` takes them)
                    pos_threshold:float=0.5, # IoU of a true positive (TIDE's AP is AP at this IoU)
@@ -284,7 +328,7 @@ def error_analysis(coco_gt, # the ground truth (as `as_coco` takes it)
     for e in run["errors"]:
         if e["cls"] in names: per_class[names[e["cls"]]][e["type"]] += 1
     counts = Counter(e["type"] for e in run["errors"])
-    lost = [(img, _fixed_ap(run, lambda e, img=img: e["image_id"] == img) - base) for img in sorted({e["image_id"] for e in run["errors"]})]
+    lost = [(img, v - base) for img, v in sorted(_lost_per_image(run).items())]
     lost = sorted(lost, key=lambda x: (-x[1], x[0]))[:worst]
     return {"ap": base, "main": main, "special": special, "counts": {t: counts.get(t, 0) for t in TIDE_ERRORS},
             "per_class": per_class, "worst_images": [{"image_id": int(i), "lost_ap": float(v)} for i, v in lost],
