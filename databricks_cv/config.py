@@ -13,9 +13,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['CONFIG_VERSION', 'CONFIG_MIGRATIONS', 'ModelConfig', 'SplitConfig', 'ShapesConfig', 'DataConfig', 'duration_seconds',
-           'TrainingConfig', 'TrackingConfig', 'TuneConfig', 'DatabricksClusterConfig', 'DistributedConfig', 'Config',
-           'ConfigError', 'config_from_dict', 'apply_overrides', 'preset_dir', 'list_presets', 'load_config',
-           'config_to_dict', 'save_config', 'flatten_config', 'migrate_config']
+           'TrainingConfig', 'RegisterConfig', 'TrackingConfig', 'TuneConfig', 'DatabricksClusterConfig',
+           'DistributedConfig', 'Config', 'ConfigError', 'config_from_dict', 'apply_overrides', 'preset_dir',
+           'list_presets', 'load_config', 'config_to_dict', 'save_config', 'flatten_config', 'migrate_config']
 
 # %% ../nbs/00_config.ipynb #30b03ab2
 @dataclass
@@ -127,6 +127,7 @@ class TrainingConfig:
     map_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"  # the same numbers; faster_coco_eval is several times faster
     max_detections: int = 100  # detections per image that evaluation sees
     confidence_threshold: float = 0.5  # for `predict` and plots only, never for mAP
+    report: bool = True  # after the test, write the evaluation report (plots, error analysis) to the run directory and MLflow
 
     def _check(self):
         if self.learning_rate <= 0: yield "learning_rate", f"must be > 0, got {self.learning_rate}"
@@ -142,6 +143,12 @@ class TrainingConfig:
 
 # %% ../nbs/00_config.ipynb #2198fc64
 @dataclass
+class RegisterConfig:
+    "Register the logged model in the MLflow model registry."
+    name: Optional[str] = None  # registered model name (Unity Catalog: catalog.schema.model); None: do not register
+    alias: Optional[str] = None  # point this alias (e.g. champion) at the new version
+
+@dataclass
 class TrackingConfig:
     "MLflow tracking."
     enabled: bool = True
@@ -149,6 +156,9 @@ class TrackingConfig:
     experiment_name: str = "databricks-cv"
     run_name: Optional[str] = None
     log_checkpoint: bool = True  # log the best checkpoint as an artifact
+    log_model: bool = True  # log the best checkpoint as an MLflow model that serves predictions (pyfunc) at the end of training
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    registry_uri: Optional[str] = None  # e.g. databricks-uc; None: the tracking store
     tags: dict = field(default_factory=dict)
 
 @dataclass

@@ -98,7 +98,7 @@ class UnifiedTrainer:
                 ):
         self.config, self.model, self.datamodule, self.logger = config, model, datamodule, logger
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.trainer, self.result = None, None
+        self.trainer, self.result, self.report = None, None, None
 
     def _init_datamodule(self):
         from databricks_cv.adapters import get_adapter
@@ -239,6 +239,7 @@ def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
                               last_checkpoint=str(latest_checkpoint(self.run_dir) or "") or None,
                               global_step=self.trainer.global_step, metrics=_floats(self.trainer.callback_metrics))
     _write_run_state(self.run_dir, best_checkpoint=best, global_step=self.trainer.global_step, finished=True)
+    self._log_model()
     return self.result
 UnifiedTrainer.train = train
 
@@ -270,7 +271,7 @@ UnifiedTrainer._mark_failed = _mark_failed
 
 # %% ../nbs/07_trainer.ipynb #b0d9d594
 def test(self:UnifiedTrainer, checkpoint=None) -> dict:
-    "Evaluate the best (or given) checkpoint on the test split; returns the test metrics."
+    "Evaluate the best (or given) checkpoint on the test split (and write the evaluation report); returns the test metrics."
     from databricks_cv.model import DetectionModel
     ckpt = checkpoint or (self.result.best_checkpoint if self.result else None)
     if ckpt is None: raise ValueError("no checkpoint to test: train first, or pass `checkpoint=`")
@@ -282,6 +283,7 @@ def test(self:UnifiedTrainer, checkpoint=None) -> dict:
     out = trainer.test(model, datamodule=dm, verbose=False)
     metrics = _floats(out[0]) if out else {}
     if self.result is not None: self.result.test_metrics = metrics
+    if self.config.training.report: self._write_report(model, dm, "test")
     return metrics
 UnifiedTrainer.test = test
 
@@ -294,3 +296,29 @@ def get_metrics(self:UnifiedTrainer) -> dict:
     if not run_id: raise ValueError("this trainer has no MLflow run (tracking disabled, or not trained yet)")
     return get_run_metrics(uri, run_id)
 UnifiedTrainer.get_metrics = get_metrics
+
+# %% ../nbs/07_trainer.ipynb #e0bb5339
+def _log_model(self:UnifiedTrainer):
+    "Log the best checkpoint as the run's MLflow model (and register it) when `tracking.log_model`; a failure is a warning."
+    t, res = self.config.tracking, self.result
+    if not (t.log_model and res is not None and res.run_id and res.best_checkpoint): return None
+    from databricks_cv.inference import log_model
+    try:
+        return log_model(res.best_checkpoint, run_id=res.run_id, tracking_uri=res.tracking_uri, registered_model_name=t.register.name,
+                         alias=t.register.alias, registry_uri=t.registry_uri)
+    except Exception as e:
+        warnings.warn(f"the model was not logged to MLflow ({type(e).__name__}: {e}); the checkpoint {res.best_checkpoint} has everything to log it later")
+UnifiedTrainer._log_model = _log_model
+
+def _write_report(self:UnifiedTrainer, model, datamodule, split:str="test"):
+    "Write the evaluation report to `<run>/report` and the MLflow run; a failure is a warning, never an error."
+    from databricks_cv.analysis import write_report
+    state = _read_run_state(self.run_dir)
+    run_id = (self.result.run_id if self.result else None) or state.get("run_id")
+    uri = (self.result.tracking_uri if self.result else None) or state.get("tracking_uri")
+    try: self.report = write_report(model, datamodule, self.run_dir / "report", split=split, run_id=run_id, tracking_uri=uri)
+    except Exception as e:
+        self.report = None
+        warnings.warn(f"the evaluation report was not written ({type(e).__name__}: {e})")
+    return self.report
+UnifiedTrainer._write_report = _write_report
