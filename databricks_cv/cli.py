@@ -10,8 +10,8 @@ from typing import Optional
 from .config import ConfigError, SplitConfig, list_presets, load_config
 
 # %% auto #0
-__all__ = ['missing_data_paths', 'metrics_table', 'cmd_train', 'cmd_evaluate', 'cmd_make_shapes', 'cmd_presets', 'load_predictor',
-           'cmd_predict', 'main']
+__all__ = ['missing_data_paths', 'metrics_table', 'cmd_train', 'cmd_evaluate', 'cmd_tune', 'cmd_make_shapes', 'cmd_presets',
+           'load_predictor', 'cmd_predict', 'main']
 
 # %% ../nbs/20_cli.ipynb #d89689c3
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="dotted overrides")
     e.add_argument("--checkpoint", required=True, help="a .ckpt file written by training")
     e.add_argument("--split", choices=["val", "test"], default="test")
+    e.add_argument("--report", metavar="DIR", help="also write the evaluation report (plots, error analysis) to this folder")
     e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    u = sub.add_parser("tune", help="search hyper-parameters with Ray Tune (ASHA) as `distributed.tune` says")
+    u.add_argument("config", nargs="?", default="quickstart", help="YAML file or preset name (default: quickstart)")
+    u.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distributed.tune.num_samples=8")
+    u.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     r = sub.add_parser("predict", help="detect objects in images with a checkpoint or a logged MLflow model")
     r.add_argument("model", help="a .ckpt file written by training, or an MLflow model URI (runs:/ID/model, models:/NAME@ALIAS, a folder)")
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (every image in them) or glob patterns")
@@ -105,6 +110,7 @@ def cmd_train(args) -> int:
     print(f"run directory:   {res.run_dir}")
     if res.run_id: print(f"MLflow run id:   {res.run_id} ({res.tracking_uri})")
     print(f"MLflow UI:       {_ui_hint(res.tracking_uri)}")
+    if ut.report: print(f"report:          {Path(ut.report['dir']) / 'report.md'}")
     print(f"time:            {time.time() - t0:.0f} s")
     return 0
 
@@ -125,6 +131,21 @@ def cmd_evaluate(args) -> int:
     run = trainer.validate if args.split == "val" else trainer.test
     out = run(model, datamodule=dm, verbose=False)
     print(metrics_table({k: float(v) for k, v in out[0].items()}, stages=(args.split,)))
+    if args.report:
+        from databricks_cv.analysis import write_report
+        rep = write_report(model, dm, args.report, split=args.split)
+        print(f"report: {Path(rep['dir']) / 'report.md'}")
+    return 0
+
+def cmd_tune(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    _check_data(cfg)
+    from databricks_cv.tune import tune_search
+    res = tune_search(cfg)
+    print(f"\nbest trial:      {res.best_trial_id} ({res.metric} {res.best_score:.4f})")
+    print(f"best config:     {res.best_config_path}   (databricks-cv train {res.best_config_path})")
+    print(f"best checkpoint: {res.best_checkpoint}")
+    if res.parent_run_id: print(f"MLflow run id:   {res.parent_run_id} ({res.tracking_uri})")
     return 0
 
 def cmd_make_shapes(args) -> int:
@@ -191,9 +212,9 @@ def main(argv:Optional[list]=None) -> int:
         else: parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help(); return 2
-    if args.command == "train" and "=" in args.config and not Path(args.config).exists():
+    if args.command in ("train", "tune") and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config); args.config = "quickstart"  # `train key=value ...`: overrides of the default
-    run = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "make-shapes": cmd_make_shapes, "presets": cmd_presets}[args.command]
+    run = {"train": cmd_train, "evaluate": cmd_evaluate, "tune": cmd_tune, "predict": cmd_predict, "make-shapes": cmd_make_shapes, "presets": cmd_presets}[args.command]
     try: return run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr); return 130

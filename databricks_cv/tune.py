@@ -21,6 +21,13 @@ DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3, "ch
 
 def _space_error(key, problem): return ConfigError(f"distributed.tune.search_space.{key}" if key else "distributed.tune.search_space", problem)
 
+def _yaml_number(a):
+    "YAML 1.1 reads `1e-4` (no dot) as a string: take it as the number it means."
+    if isinstance(a, str):
+        try: return float(a)
+        except ValueError: return a
+    return a
+
 def _check_spec(key, spec) -> tuple:
     "(kind, args) of one search-space entry, checked."
     example = "e.g. `{loguniform: [1.0e-5, 1.0e-3]}` or `{choice: [4, 8]}`"
@@ -35,6 +42,7 @@ def _check_spec(key, spec) -> tuple:
         want = f"a list of {n} numbers" if n else "a non-empty list of values"
         raise _space_error(key, f"`{kind}` takes {want}, got {args!r}")
     if n is not None:
+        args = [_yaml_number(a) for a in args]
         if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
             raise _space_error(key, f"`{kind}` takes numbers, got {args!r}")
         lo, hi = args[0], args[1]
@@ -309,6 +317,7 @@ def tune_search(config:Config, # the base config; `distributed.tune` says what t
     n_trials = tc.num_samples * n_grid
     base = _absolute_paths(config)
     base.training.monitor, base.training.monitor_mode = tc.metric, tc.mode  # each trial's best checkpoint by the searched metric
+    base.tracking.log_model = base.training.report = False  # per trial: the best trial's config trains the model worth keeping
     started = _start_ray(config)
     try:
         concurrency = plan_concurrency(config, ray.cluster_resources(), n_trials)
