@@ -61,6 +61,7 @@ class OutputAdapter:
 
     def image_processor(self, **kwargs):
         "A new instance of the family's Hugging Face image processor (`kwargs` override its defaults)."
+        import transformers
         return getattr(transformers, self.image_processor_class)(**kwargs)
 
 # %% ../nbs/04_adapters.ipynb #924b767c
