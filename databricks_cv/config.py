@@ -180,6 +180,10 @@ class DatabricksClusterConfig:
     min_worker_nodes: Optional[int] = None
     num_cpus_worker_node: Optional[int] = None
     num_gpus_worker_node: Optional[int] = None
+    num_cpus_head_node: Optional[int] = None  # None: Ray on Spark's default (0: the driver node runs no training)
+    num_gpus_head_node: Optional[int] = None
+    collect_log_to_path: Optional[str] = None  # copy the Ray logs here (e.g. /dbfs/... or /Volumes/...), kept after the cluster stops
+    options: dict = field(default_factory=dict)  # any other keyword of `setup_ray_cluster`, passed as given
 
 @dataclass
 class DistributedConfig:
@@ -189,7 +193,8 @@ class DistributedConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     ray_address: Optional[str] = None  # join this cluster; None: $RAY_ADDRESS, Ray on Spark on Databricks, else a local Ray
-    storage_path: Optional[str] = None  # Ray results; defaults to the run directory
+    storage_path: Optional[str] = None  # Ray results; defaults to the run directory (must be shared storage on a multi-node cluster)
+    max_failures: int = 0  # Ray: restart the worker group from its last checkpoint this many times after a worker dies
     databricks: DatabricksClusterConfig = field(default_factory=DatabricksClusterConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 

@@ -170,7 +170,8 @@ def _init_callbacks(self:UnifiedTrainer) -> list:
     self.best_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=t.monitor, mode=t.monitor_mode, save_top_k=t.save_top_k,
                                            save_last=True, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
                                            enable_version_counter=False)
-    callbacks = [self.best_checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=1)]
+    from databricks_cv.distributed import ExactDistributedMap
+    callbacks = [self.best_checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=1), ExactDistributedMap()]
     if t.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", every_n_train_steps=t.checkpoint_every_n_steps,
                                          save_top_k=1, monitor=None, enable_version_counter=False, save_on_train_epoch_end=False))
@@ -199,12 +200,14 @@ UnifiedTrainer._init_trainer = _init_trainer
 def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
     "Fit the model; returns a `TrainResult` (best checkpoint, metrics, MLflow run id)."
     cfg = self.config
-    if cfg.distributed.backend != "local":
-        raise ConfigError("distributed.backend", f"is {cfg.distributed.backend!r}: only 'local' training is available in this version")
+    from databricks_cv.distributed import train_ray, ddp_worker_run, share_run_with_ddp_workers
+    if cfg.distributed.backend == "ray": return train_ray(self, resume)
     quiet_library_noise()
     pl.seed_everything(cfg.training.seed, workers=True, verbose=False)
     ckpt, state = None, {}
-    if resume:
+    if shared := ddp_worker_run():  # a rank > 0 process of Lightning's `ddp`: rank 0's run, data, checkpoint; it logs and writes nothing
+        self.run_dir, ckpt, state, self.logger = Path(shared["run_dir"]), shared["ckpt"], shared, False
+    elif resume:
         if self.run_dir is None: self.run_dir = find_resumable_run(cfg.training.output_dir)
         if self.run_dir is None or (ckpt := latest_checkpoint(self.run_dir)) is None:
             raise FileNotFoundError(f"nothing to resume: no run with a last checkpoint under {self.run_dir or cfg.training.output_dir}")
@@ -216,16 +219,18 @@ def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
         from databricks_cv.tracking import create_logger
         logger = create_logger(cfg, self.run_dir, run_id=state.get("run_id"))
     self.logger = logger
-    run_id = getattr(logger, "run_id", None) if logger else None
-    uri = getattr(logger, "_tracking_uri", None) if logger else None
-    if not resume: save_config(cfg, self.run_dir / "config.yaml")
-    _write_run_state(self.run_dir, run_id=run_id, tracking_uri=uri)
+    run_id = getattr(logger, "run_id", None) if logger else state.get("run_id") if shared else None
+    uri = getattr(logger, "_tracking_uri", None) if logger else state.get("tracking_uri") if shared else None
+    if not resume and not shared: save_config(cfg, self.run_dir / "config.yaml")
+    if not shared: _write_run_state(self.run_dir, run_id=run_id, tracking_uri=uri)
     self.trainer = None
     try:
         dm = self.datamodule = self.datamodule or self._init_datamodule()
-        dm.prepare_data(); dm.setup("fit")
+        if not shared: dm.prepare_data()  # before Lightning's `ddp` starts the other ranks: the data is made once
+        dm.setup("fit")
         self.model = self.model or self._init_model(dm)
         self.trainer = self._init_trainer(logger)
+        if not shared: share_run_with_ddp_workers(self.run_dir, run_id, uri, ckpt)
         self.trainer.fit(self.model, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
         self._validate_if_never_validated()
     except BaseException as e:
@@ -238,8 +243,9 @@ def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
                               best_score=None if score is None else float(score),
                               last_checkpoint=str(latest_checkpoint(self.run_dir) or "") or None,
                               global_step=self.trainer.global_step, metrics=_floats(self.trainer.callback_metrics))
-    _write_run_state(self.run_dir, best_checkpoint=best, global_step=self.trainer.global_step, finished=True)
-    self._log_model()
+    if not shared:
+        _write_run_state(self.run_dir, best_checkpoint=best, global_step=self.trainer.global_step, finished=True)
+        self._log_model()
     return self.result
 UnifiedTrainer.train = train
 
@@ -273,17 +279,18 @@ UnifiedTrainer._mark_failed = _mark_failed
 def test(self:UnifiedTrainer, checkpoint=None) -> dict:
     "Evaluate the best (or given) checkpoint on the test split (and write the evaluation report); returns the test metrics."
     from databricks_cv.model import DetectionModel
+    from databricks_cv.distributed import ExactDistributedMap, ddp_worker_run
     ckpt = checkpoint or (self.result.best_checkpoint if self.result else None)
     if ckpt is None: raise ValueError("no checkpoint to test: train first, or pass `checkpoint=`")
     model = DetectionModel.load_from_checkpoint(ckpt, map_location="cpu")
     dm = self.datamodule or self._init_datamodule()
     dm.prepare_data(); dm.setup("test")
     if self.run_dir is None: self.run_dir = Path(ckpt).resolve().parent.parent
-    trainer = self._init_trainer(self.logger or False, callbacks=[TQDMProgressBar(refresh_rate=1)], max_epochs=None, max_steps=-1)
+    trainer = self._init_trainer(self.logger or False, callbacks=[TQDMProgressBar(refresh_rate=1), ExactDistributedMap()], max_epochs=None, max_steps=-1)
     out = trainer.test(model, datamodule=dm, verbose=False)
     metrics = _floats(out[0]) if out else {}
     if self.result is not None: self.result.test_metrics = metrics
-    if self.config.training.report: self._write_report(model, dm, "test")
+    if self.config.training.report and not ddp_worker_run(): self._write_report(model, dm, "test")  # rank 0 writes it
     return metrics
 UnifiedTrainer.test = test
 
