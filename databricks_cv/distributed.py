@@ -249,6 +249,38 @@ def _follow(path:Path, shown:int) -> int:
     for line in lines[shown:]: print(line, flush=True)
     return max(len(lines), shown)
 
+def _fit_with_progress(worker, payload, scaling, run_config, progress:Path):
+    "Run the `TorchTrainer`, printing each new line of `progress` (one per epoch) while it trains."
+    import threading
+    from ray.train.torch import TorchTrainer
+    trainer = TorchTrainer(worker, train_loop_config=payload, scaling_config=scaling, run_config=run_config)
+    done = threading.Event()
+    shown = [len(progress.read_text().splitlines()) if progress.is_file() else 0]  # a resumed run shows only new epochs
+    def follow():
+        while not done.wait(1.0): shown[0] = _follow(progress, shown[0])
+    follower = threading.Thread(target=follow, daemon=True); follower.start()
+    try: return trainer.fit()
+    finally: done.set(); follower.join(); _follow(progress, shown[0])
+
+def _ray_result(self:UnifiedTrainer, result, run_id, uri, logger) -> TrainResult:
+    "The `TrainResult` of a finished Ray run: Ray's best and last checkpoints copied into the run directory."
+    t = self.config.training
+    metrics = _floats({k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
+    best, best_score = None, None
+    if result.best_checkpoints:
+        sign = 1 if t.monitor_mode == "max" else -1
+        ckpt, m = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(t.monitor, -sign * float("inf")))
+        best = _copy_ray_checkpoint(ckpt, self.run_dir / "checkpoints" / f"best-epoch{int(m.get('epoch', 0)):03d}.ckpt")
+        best_score = m.get(t.monitor)
+    last = _copy_ray_checkpoint(result.checkpoint, self.run_dir / "checkpoints" / "last.ckpt") if result.checkpoint else None
+    if logger and best and self.config.tracking.log_checkpoint: logger.experiment.log_artifact(run_id, best, "checkpoints")
+    step = int(metrics.get("step", 0))
+    self.result = TrainResult(run_dir=self.run_dir, run_id=run_id, tracking_uri=uri, best_checkpoint=best,
+                              best_score=None if best_score is None else float(best_score), last_checkpoint=last,
+                              global_step=step, metrics=metrics)
+    _write_run_state(self.run_dir, best_checkpoint=best, global_step=step, finished=True)
+    return self.result
+
 def _copy_ray_checkpoint(checkpoint, dest:Path) -> str:
     from ray.train.lightning import RayTrainReportCallback
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -259,56 +291,35 @@ def _copy_ray_checkpoint(checkpoint, dest:Path) -> str:
 # %% ../nbs/08_distributed.ipynb #3ba64270
 def train_ray(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
     "`UnifiedTrainer.train()` on Ray Train workers (`distributed.backend: ray`)."
-    import ray, threading
-    from ray.train.torch import TorchTrainer
-    cfg = absolute_paths(self.config); d, t = cfg.distributed, cfg.training
-    state = {}
-    if resume:
-        if self.run_dir is None:
-            runs = sorted((p for p in Path(t.output_dir).glob("*") if (p / "run.json").is_file()), key=lambda p: p.stat().st_mtime)
-            self.run_dir = next((r for r in reversed(runs) if _read_run_state(r).get("backend") == "ray"), None)
-        if self.run_dir is None: raise FileNotFoundError(f"nothing to resume: no Ray run under {t.output_dir}")
-        state = _read_run_state(self.run_dir)
-    elif self.run_dir is None: self.run_dir = new_run_dir(t.output_dir, cfg.model.model_type)
-    else: self.run_dir.mkdir(parents=True, exist_ok=True)
-    self.run_dir = Path(self.run_dir).resolve()
-    logger = self.logger
-    if logger is None and cfg.tracking.enabled:
-        from databricks_cv.tracking import create_logger
-        logger = create_logger(cfg, self.run_dir, run_id=state.get("run_id"))
-    run_id = getattr(logger, "run_id", None) if logger else None
-    uri = getattr(logger, "_tracking_uri", None) if logger else None
-    if uri: cfg.tracking.tracking_uri = uri  # the workers log to the store the driver chose
-    if not resume: save_config(self.config, self.run_dir / "config.yaml")
-    _write_run_state(self.run_dir, run_id=run_id, tracking_uri=uri, backend="ray")
-    dm = self.datamodule = self.datamodule or self._init_datamodule()
-    dm.prepare_data()  # once, before any worker starts
-    payload = {"config": config_to_dict(cfg), "run_dir": str(self.run_dir), "run_id": run_id, "tracking_uri": uri}
-    with ray_cluster(cfg, num_cpus=None):
+    import ray
+    cfg = absolute_paths(self.config); t = cfg.training
+    with ray_cluster(cfg):  # the resources are checked before anything is written
         per_worker = check_ray_resources(cfg, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
         multi_node = len([n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]) > 1
+        state = {}
+        if resume:
+            if self.run_dir is None:
+                runs = sorted((p for p in Path(t.output_dir).glob("*") if (p / "run.json").is_file()), key=lambda p: p.stat().st_mtime)
+                self.run_dir = next((r for r in reversed(runs) if _read_run_state(r).get("backend") == "ray"), None)
+            if self.run_dir is None: raise FileNotFoundError(f"nothing to resume: no Ray run under {t.output_dir}")
+            state = _read_run_state(self.run_dir)
+        elif self.run_dir is None: self.run_dir = new_run_dir(t.output_dir, cfg.model.model_type)
+        else: self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(self.run_dir).resolve()
         scaling, run_config = _ray_configs(cfg, self.run_dir, per_worker, multi_node)
-        trainer = TorchTrainer(ray_train_worker, train_loop_config=payload, scaling_config=scaling, run_config=run_config)
-        progress, done = self.run_dir / "progress.log", threading.Event()
-        shown = [len(progress.read_text().splitlines()) if progress.is_file() else 0]  # a resumed run shows only new epochs
-        def follow():
-            while not done.wait(1.0): shown[0] = _follow(progress, shown[0])
-        follower = threading.Thread(target=follow, daemon=True); follower.start()
-        try: result = trainer.fit()
-        finally: done.set(); follower.join(); _follow(progress, shown[0])
+        logger = self.logger
+        if logger is None and cfg.tracking.enabled:
+            from databricks_cv.tracking import create_logger
+            logger = create_logger(cfg, self.run_dir, run_id=state.get("run_id"))
+        self.logger = logger
+        run_id = getattr(logger, "run_id", None) if logger else None
+        uri = getattr(logger, "_tracking_uri", None) if logger else None
+        if uri: cfg.tracking.tracking_uri = uri  # the workers log to the store the driver chose
+        if not resume: save_config(self.config, self.run_dir / "config.yaml")
+        _write_run_state(self.run_dir, run_id=run_id, tracking_uri=uri, backend="ray")
+        dm = self.datamodule = self.datamodule or self._init_datamodule()
+        dm.prepare_data()  # once, before any worker starts
+        payload = {"config": config_to_dict(cfg), "run_dir": str(self.run_dir), "run_id": run_id, "tracking_uri": uri}
+        result = _fit_with_progress(ray_train_worker, payload, scaling, run_config, self.run_dir / "progress.log")
     if result.error: raise result.error
-    metrics = _floats({k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
-    best, best_score = None, None
-    if result.best_checkpoints:
-        sign = 1 if t.monitor_mode == "max" else -1
-        ckpt, m = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(t.monitor, -sign * float("inf")))
-        best, best_score = _copy_ray_checkpoint(ckpt, self.run_dir / "checkpoints" / f"best-epoch{int(m.get('epoch', 0)):03d}.ckpt"), m.get(t.monitor)
-    last = _copy_ray_checkpoint(result.checkpoint, self.run_dir / "checkpoints" / "last.ckpt") if result.checkpoint else None
-    if logger and best and cfg.tracking.log_checkpoint: logger.experiment.log_artifact(run_id, best, "checkpoints")
-    step = int(metrics.get("step", 0))
-    self.logger = logger
-    self.result = TrainResult(run_dir=self.run_dir, run_id=run_id, tracking_uri=uri, best_checkpoint=best,
-                              best_score=None if best_score is None else float(best_score), last_checkpoint=last,
-                              global_step=step, metrics=metrics)
-    _write_run_state(self.run_dir, best_checkpoint=best, global_step=step, finished=True)
-    return self.result
+    return _ray_result(self, result, run_id, uri, logger)
