@@ -14,10 +14,10 @@ from .trainer import (UnifiedTrainer, TrainResult, new_run_dir, latest_checkpoin
                       _read_run_state, _write_run_state, _floats)
 
 # %% auto #0
-__all__ = ['DDP_RUN_ENV', 'SHARED_STORAGE_PREFIXES', 'share_run_with_ddp_workers', 'ddp_worker_run', 'merge_rank_entries',
-           'gather_metric_entries', 'ExactDistributedMap', 'absolute_paths', 'ClusterResourceError',
-           'check_ray_resources', 'setup_ray_cluster_kwargs', 'check_storage_path', 'ray_cluster', 'EpochLine',
-           'ray_train_worker', 'train_ray']
+__all__ = ['DDP_RUN_ENV', 'SHARED_STORAGE_PREFIXES', 'WORKER_ENV_KEYS', 'share_run_with_ddp_workers', 'ddp_worker_run',
+           'merge_rank_entries', 'gather_metric_entries', 'ExactDistributedMap', 'absolute_paths',
+           'ClusterResourceError', 'check_ray_resources', 'setup_ray_cluster_kwargs', 'check_storage_path',
+           'databricks_credentials', 'worker_env_vars', 'ray_cluster', 'EpochLine', 'ray_train_worker', 'train_ray']
 
 # %% ../nbs/08_distributed.ipynb #49d4b383
 DDP_RUN_ENV = "DATABRICKS_CV_DDP_RUN"
@@ -162,6 +162,25 @@ def check_storage_path(storage_path:str, # where Ray Train keeps checkpoints
 # %% ../nbs/08_distributed.ipynb #7475872c
 def _on_databricks() -> bool: return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
 
+WORKER_ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                   "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                   "DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")
+
+def databricks_credentials() -> dict:
+    "DATABRICKS_HOST and DATABRICKS_TOKEN of this Databricks notebook (from MLflow's view of its context); {} elsewhere."
+    if not _on_databricks(): return {}
+    try:
+        from mlflow.utils.databricks_utils import get_databricks_host_creds
+        creds = get_databricks_host_creds()
+        return {k: v for k, v in (("DATABRICKS_HOST", creds.host), ("DATABRICKS_TOKEN", creds.token)) if v}
+    except Exception: return {}
+
+def worker_env_vars(env:Optional[dict]=None, # the driver's environment (default: os.environ)
+                   ) -> dict:
+    "The tracking URI and credentials Ray workers on other machines need, taken from the driver explicitly."
+    env = os.environ if env is None else env
+    return {k: env[k] for k in WORKER_ENV_KEYS if env.get(k)}
+
 @contextlib.contextmanager
 def ray_cluster(config:Config, # `distributed.ray_address`, `distributed.databricks`
                 num_cpus:Optional[int]=None, # CPUs of a local Ray (default: this machine's)
@@ -172,16 +191,18 @@ def ray_cluster(config:Config, # `distributed.ray_address`, `distributed.databri
     d = config.distributed
     address = d.ray_address or os.environ.get("RAY_ADDRESS")
     spark_cluster = False
-    if address: ray.init(address=address, log_to_driver=False)
+    if address: ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": worker_env_vars()})
     elif _on_databricks():
         from ray.util.spark import setup_ray_cluster
+        os.environ.update({k: v for k, v in databricks_credentials().items() if not os.environ.get(k)})  # before the nodes start
         address, _ = setup_ray_cluster(**setup_ray_cluster_kwargs(d.databricks)); spark_cluster = True
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
         address = "local"
     try:
-        if spark_cluster and not ray.is_initialized(): ray.init(address=address, log_to_driver=False)
+        if spark_cluster and not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": worker_env_vars()})
         yield address
     finally:
         ray.shutdown()
@@ -189,7 +210,7 @@ def ray_cluster(config:Config, # `distributed.ray_address`, `distributed.databri
             from ray.util.spark import shutdown_ray_cluster
             shutdown_ray_cluster()
 
-# %% ../nbs/08_distributed.ipynb #c04ad6d6
+# %% ../nbs/08_distributed.ipynb #0466d0c6
 class EpochLine(pl.Callback):
     "Append one line per training epoch (step, monitored metric) to a file, from rank 0."
     def __init__(self, path, monitor:str): self.path, self.monitor = Path(path), monitor
@@ -209,6 +230,7 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
     from databricks_cv.trainer import AtomicCheckpointIO
     cfg = config_from_dict(payload["config"]); t = cfg.training
     rank = ray.train.get_context().get_world_rank()
+    with open(Path(payload["run_dir"]) / "ray_workers.log", "a") as f: f.write(f"rank {rank} pid {os.getpid()}\n")  # which process is which
     pl.seed_everything(t.seed, workers=True, verbose=False)
     ut = UnifiedTrainer(cfg, run_dir=payload["run_dir"])
     dm = ut._init_datamodule(); dm.setup("fit")  # the driver made the data before the workers started
@@ -231,7 +253,7 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
             ckpt_path = str(Path(stack.enter_context(checkpoint.as_directory())) / RayTrainReportCallback.CHECKPOINT_NAME)
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
 
-# %% ../nbs/08_distributed.ipynb #bc28c71a
+# %% ../nbs/08_distributed.ipynb #de42bf94
 def _ray_configs(config:Config, run_dir:Path, per_worker:dict, multi_node:bool):
     from ray.train import ScalingConfig, RunConfig, CheckpointConfig, FailureConfig
     d, t = config.distributed, config.training
@@ -288,7 +310,7 @@ def _copy_ray_checkpoint(checkpoint, dest:Path) -> str:
         tmp = dest.with_name(f".{dest.name}.tmp"); shutil.copyfile(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME, tmp); os.replace(tmp, dest)
     return str(dest)
 
-# %% ../nbs/08_distributed.ipynb #3ba64270
+# %% ../nbs/08_distributed.ipynb #da828510
 def train_ray(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
     "`UnifiedTrainer.train()` on Ray Train workers (`distributed.backend: ray`)."
     import ray
