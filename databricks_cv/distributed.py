@@ -226,9 +226,9 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
     "Per-worker training function of `TorchTrainer`: rebuild data and model from the config, fit with Ray's DDP."
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
-    from databricks_cv.trainer import AtomicCheckpointIO
+    from databricks_cv.trainer import AtomicCheckpointIO, quiet_library_noise
     cfg = config_from_dict(payload["config"]); t = cfg.training
+    quiet_library_noise()
     rank = ray.train.get_context().get_world_rank()
     with open(Path(payload["run_dir"]) / "ray_workers.log", "a") as f: f.write(f"rank {rank} pid {os.getpid()}\n")  # which process is which
     pl.seed_everything(t.seed, workers=True, verbose=False)
@@ -239,10 +239,10 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
     if rank == 0 and payload.get("run_id"):
         from pytorch_lightning.loggers import MLFlowLogger
         logger = MLFlowLogger(experiment_name=cfg.tracking.experiment_name, tracking_uri=payload["tracking_uri"], run_id=payload["run_id"])
-    callbacks = [RayTrainReportCallback(), ExactDistributedMap(), EpochLine(Path(payload["run_dir"]) / "progress.log", t.monitor)]
-    if logger: callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if t.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar, LearningRateMonitor
+    own = [c for c in ut._init_callbacks() if not isinstance(c, (ModelCheckpoint, TQDMProgressBar))  # Ray keeps the checkpoints
+           and (logger or not isinstance(c, LearningRateMonitor))]
+    callbacks = [RayTrainReportCallback(), *own, EpochLine(Path(payload["run_dir"]) / "progress.log", t.monitor)]
     trainer = ut._init_trainer(logger, strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment(), AtomicCheckpointIO()],
                                callbacks=callbacks, devices="auto", accelerator="auto", enable_progress_bar=False,
                                enable_checkpointing=False)
