@@ -104,6 +104,8 @@ def cmd_train(args) -> int:
     metrics = dict(res.metrics)
     if not args.no_test and (cfg.data.test is not None or cfg.data.images is not None or cfg.data.shapes is not None):
         metrics.update(ut.test())
+    from databricks_cv.distributed import ddp_worker_run
+    if ddp_worker_run(): return 0  # a rank > 0 process of Lightning's `ddp` (which re-runs this command): rank 0 reports
     print()
     print(metrics_table(metrics))
     print(f"\nbest checkpoint: {res.best_checkpoint}")

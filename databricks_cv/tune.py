@@ -11,6 +11,7 @@ from typing import Optional
 import pytorch_lightning as pl
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
 from .trainer import UnifiedTrainer, new_run_dir
+from .distributed import absolute_paths
 
 # %% auto #0
 __all__ = ['DISTRIBUTIONS', 'config_with', 'parse_search_space', 'check_tune_metric', 'trial_resources', 'plan_concurrency',
@@ -153,20 +154,6 @@ def _run_trial(params:dict, base:dict=None, search_dir:str=None):
     cfg.tracking.run_name = ctx.get_trial_name()
     cfg.tracking.tags = {**cfg.tracking.tags, "databricks_cv.trial_id": ctx.get_trial_id()}
     _TrialTrainer(cfg, run_dir=Path(search_dir) / "trials" / ctx.get_trial_id()).train()
-
-# %% ../nbs/09_tune.ipynb #5ef0d436
-def _absolute_paths(config:Config) -> Config:
-    "A copy whose file paths are absolute: trials run in other working directories."
-    cfg = config_from_dict(config_to_dict(config))
-    d = cfg.data
-    for split in (d.train, d.val, d.test):
-        if split is not None: split.images, split.annotations = str(Path(split.images).resolve()), str(Path(split.annotations).resolve())
-    if d.images: d.images = str(Path(d.images).resolve())
-    if d.annotations: d.annotations = str(Path(d.annotations).resolve())
-    if d.shapes: d.shapes.path = str(Path(d.shapes.path).resolve())
-    cfg.training.output_dir = str(Path(cfg.training.output_dir).resolve())
-    if cfg.model.pretrained and Path(cfg.model.pretrained).exists(): cfg.model.pretrained = str(Path(cfg.model.pretrained).resolve())
-    return cfg
 
 # %% ../nbs/09_tune.ipynb #2711b735
 @dataclass
@@ -315,7 +302,7 @@ def tune_search(config:Config, # the base config; `distributed.tune` says what t
     for spec in tc.search_space.values():
         if "grid" in spec: n_grid *= len(spec["grid"])
     n_trials = tc.num_samples * n_grid
-    base = _absolute_paths(config)
+    base = absolute_paths(config)
     base.training.monitor, base.training.monitor_mode = tc.metric, tc.mode  # each trial's best checkpoint by the searched metric
     base.tracking.log_model = base.training.report = False  # per trial: the best trial's config trains the model worth keeping
     started = _start_ray(config)
