@@ -122,6 +122,8 @@ def cmd_evaluate(args) -> int:
     from databricks_cv.adapters import get_adapter
     from databricks_cv.data import DetectionDataModule
     from databricks_cv.model import DetectionModel
+    from databricks_cv.trainer import quiet_library_noise
+    quiet_library_noise()
     cfg = load_config(args.config, args.overrides)
     _check_data(cfg)
     if not Path(args.checkpoint).is_file(): raise FileNotFoundError(f"no checkpoint file {args.checkpoint!r}")

@@ -413,7 +413,12 @@ def log_model(checkpoint, # a `.ckpt` path, a `DetectionModel` or a `Predictor`
         if registry_uri: mlflow.set_registry_uri(registry_uri)
         try:
             folder = save_detector(predictor, Path(d) / "detector")
-            if run_id is None and mlflow.active_run() is None and experiment_name: mlflow.set_experiment(experiment_name)
+            if run_id is None and mlflow.active_run() is None and experiment_name:
+                from databricks_cv.tracking import artifact_location
+                client = MlflowClient(mlflow.get_tracking_uri())
+                if client.get_experiment_by_name(experiment_name) is None:  # artifacts beside a SQLite store, never ./mlruns
+                    client.create_experiment(experiment_name, artifact_location=artifact_location(mlflow.get_tracking_uri()))
+                mlflow.set_experiment(experiment_name)
             run = mlflow.start_run(run_id=run_id) if run_id or mlflow.active_run() is None else nullcontext()
             with run:
                 info = mlflow.pyfunc.log_model(name=name, python_model=inference.DetectorPyfunc(), artifacts={"detector": str(folder)},

@@ -304,6 +304,12 @@ def get_metrics(self:UnifiedTrainer) -> dict:
     return get_run_metrics(uri, run_id)
 UnifiedTrainer.get_metrics = get_metrics
 
+def _tune(self:UnifiedTrainer):
+    "Search hyper-parameters as `distributed.tune` says (Ray Tune + ASHA; see the tune chapter); returns a `TuneResult`."
+    from databricks_cv.tune import tune_search
+    return tune_search(self.config)
+UnifiedTrainer.tune = _tune
+
 # %% ../nbs/07_trainer.ipynb #e0bb5339
 def _log_model(self:UnifiedTrainer):
     "Log the best checkpoint as the run's MLflow model (and register it) when `tracking.log_model`; a failure is a warning."
