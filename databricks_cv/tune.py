@@ -11,7 +11,7 @@ from typing import Optional
 import pytorch_lightning as pl
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
 from .trainer import UnifiedTrainer, new_run_dir
-from .distributed import absolute_paths
+from .distributed import absolute_paths, ray_cluster
 
 # %% auto #0
 __all__ = ['DISTRIBUTIONS', 'config_with', 'parse_search_space', 'check_tune_metric', 'trial_resources', 'plan_concurrency',
@@ -206,16 +206,7 @@ def _quiet_tune():
         if before is None: os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else: os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
-def _start_ray(config:Config) -> bool:
-    "Join `distributed.ray_address` / $RAY_ADDRESS, or start a local Ray on 127.0.0.1; True when this call started it."
-    import ray
-    if ray.is_initialized(): return False
-    address = config.distributed.ray_address or os.environ.get("RAY_ADDRESS")
-    if address: ray.init(address=address, log_to_driver=False)
-    else: ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    return True
-
-def _parent_run(config, search_dir, space):
+def _parent_run(config, search_dir):
     "Start the MLflow run of the search; returns (client, run id, tracking URI)."
     from mlflow.tracking import MlflowClient
     from databricks_cv.tracking import artifact_location, check_tracking_uri, config_params, resolve_tracking_uri, run_tags
@@ -235,7 +226,8 @@ def _parent_run(config, search_dir, space):
 # %% ../nbs/09_tune.ipynb #d9450318
 def _best_checkpoint(run_dir:Path) -> Optional[str]:
     state = Path(run_dir) / "run.json"
-    if state.is_file() and json.loads(state.read_text()).get("best_checkpoint"): return json.loads(state.read_text())["best_checkpoint"]
+    best = json.loads(state.read_text()).get("best_checkpoint") if state.is_file() else None
+    if best: return best
     found = sorted((Path(run_dir) / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     return str(found[-1]) if found else None  # a trial stopped by ASHA keeps its best checkpoint so far
 
@@ -305,14 +297,13 @@ def tune_search(config:Config, # the base config; `distributed.tune` says what t
     base = absolute_paths(config)
     base.training.monitor, base.training.monitor_mode = tc.metric, tc.mode  # each trial's best checkpoint by the searched metric
     base.tracking.log_model = base.training.report = False  # per trial: the best trial's config trains the model worth keeping
-    started = _start_ray(config)
-    try:
+    with ray_cluster(config):  # joined, on Spark (Databricks), or local on 127.0.0.1; stopped if started here
         concurrency = plan_concurrency(config, ray.cluster_resources(), n_trials)
         search_dir = new_run_dir(base.training.output_dir, f"tune-{config.model.model_type}")
         save_config(config, search_dir / "config.yaml")
         client = parent_id = uri = None
         if config.tracking.enabled:
-            client, parent_id, uri = _parent_run(config, search_dir, space)
+            client, parent_id, uri = _parent_run(config, search_dir)
             base.tracking.tracking_uri = uri
             base.tracking.tags = {**base.tracking.tags, "mlflow.parentRunId": parent_id}
         from databricks_cv.adapters import get_adapter
@@ -335,5 +326,4 @@ def tune_search(config:Config, # the base config; `distributed.tune` says what t
             raise
         print(result.table(), flush=True)
         return result
-    finally:
-        if started: ray.shutdown()
+
