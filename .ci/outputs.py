@@ -130,8 +130,11 @@ if __name__ == "__main__":
     ap.add_argument("--one", help=argparse.SUPPRESS); ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     if args.write:
-        for p in args.notebooks: rerun(p, write=True); print("wrote the outputs of", p)
-        sys.exit(0)
+        failed = False
+        for p in args.notebooks:
+            problems = rerun(p, write=True); failed |= bool(problems)
+            print(*problems, sep="\n") if problems else print("wrote the outputs of", p)
+        sys.exit(1 if failed else 0)
     if args.one:
         problems = rerun(args.one); print(json.dumps(problems)); sys.exit(1 if problems else 0)
     paths = args.notebooks or sorted(str(p) for p in (ROOT / "nbs").rglob("*.ipynb")
