@@ -101,6 +101,8 @@ def rerun(path, write:bool=False) -> list:
     root = next(p for p in path.parents if (p / "settings.ini").is_file())
     sys.path.insert(0, str(root))
     shell = CaptureShell(path, mpl_format="png")
+    for c in nb.cells:  # CaptureShell keeps a cell's old outputs when it now shows nothing: start from none
+        if not skip(c): c.outputs = []
     with working_directory(path.parent):
         try: shell.run_all(nb, exc_stop=True, preproc=skip)
         except Exception: return [f"{path.name}: the notebook failed:\n{shell.prettytb(fname=path)}"]
