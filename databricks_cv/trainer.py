@@ -316,9 +316,11 @@ def _log_model(self:UnifiedTrainer):
     t, res = self.config.tracking, self.result
     if not (t.log_model and res is not None and res.run_id and res.best_checkpoint): return None
     from databricks_cv.inference import log_model
+    from databricks_cv.tracking import short_http_requests
     try:
-        return log_model(res.best_checkpoint, run_id=res.run_id, tracking_uri=res.tracking_uri, registered_model_name=t.register.name,
-                         alias=t.register.alias, registry_uri=t.registry_uri)
+        with short_http_requests():  # a tracking server that is away costs seconds, not MLflow's minutes of retries
+            return log_model(res.best_checkpoint, run_id=res.run_id, tracking_uri=res.tracking_uri, registered_model_name=t.register.name,
+                             alias=t.register.alias, registry_uri=t.registry_uri)
     except Exception as e:
         warnings.warn(f"the model was not logged to MLflow ({type(e).__name__}: {e}); the checkpoint {res.best_checkpoint} has everything to log it later")
 UnifiedTrainer._log_model = _log_model
@@ -329,7 +331,9 @@ def _write_report(self:UnifiedTrainer, model, datamodule, split:str="test"):
     state = _read_run_state(self.run_dir)
     run_id = (self.result.run_id if self.result else None) or state.get("run_id")
     uri = (self.result.tracking_uri if self.result else None) or state.get("tracking_uri")
-    try: self.report = write_report(model, datamodule, self.run_dir / "report", split=split, run_id=run_id, tracking_uri=uri)
+    from databricks_cv.tracking import short_http_requests
+    try:
+        with short_http_requests(): self.report = write_report(model, datamodule, self.run_dir / "report", split=split, run_id=run_id, tracking_uri=uri)
     except Exception as e:
         self.report = None
         warnings.warn(f"the evaluation report was not written ({type(e).__name__}: {e})")
