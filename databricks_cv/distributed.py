@@ -236,9 +236,13 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
     dm = ut._init_datamodule(); dm.setup("fit")  # the driver made the data before the workers started
     model = ut._init_model(dm)
     logger = False
-    if rank == 0 and payload.get("run_id"):
-        from pytorch_lightning.loggers import MLFlowLogger
-        logger = MLFlowLogger(experiment_name=cfg.tracking.experiment_name, tracking_uri=payload["tracking_uri"], run_id=payload["run_id"])
+    if rank == 0 and payload.get("run_id"):  # a tracking outage is survived as locally; its warnings reach the driver's output
+        from databricks_cv.tracking import ResilientMLFlowLogger
+        progress = Path(payload["run_dir"]) / "progress.log"
+        def notify(message):
+            with open(progress, "a") as f: f.write(f"warning: {message}\n")
+        logger = ResilientMLFlowLogger(experiment_name=cfg.tracking.experiment_name, tracking_uri=payload["tracking_uri"], run_id=payload["run_id"],
+                                       held_path=Path(payload["run_dir"]) / "mlflow_held_worker.jsonl", notify=notify)
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar, LearningRateMonitor
     own = [c for c in ut._init_callbacks() if not isinstance(c, (ModelCheckpoint, TQDMProgressBar))  # Ray keeps the checkpoints
            and (logger or not isinstance(c, LearningRateMonitor))]
@@ -296,6 +300,7 @@ def _ray_result(self:UnifiedTrainer, result, run_id, uri, logger) -> TrainResult
         best_score = m.get(t.monitor)
     last = _copy_ray_checkpoint(result.checkpoint, self.run_dir / "checkpoints" / "last.ckpt") if result.checkpoint else None
     if logger and best and self.config.tracking.log_checkpoint: logger.experiment.log_artifact(run_id, best, "checkpoints")
+    if getattr(logger, "held", None): logger.finalize("success")  # the server is away: one more try, else kept and said where
     step = int(metrics.get("step", 0))
     self.result = TrainResult(run_dir=self.run_dir, run_id=run_id, tracking_uri=uri, best_checkpoint=best,
                               best_score=None if best_score is None else float(best_score), last_checkpoint=last,
