@@ -178,6 +178,7 @@ class _HoldingClient:
     "An `MlflowClient` whose writes go through the logger's queue, and whose reads give up at once when the server is down."
     def __init__(self, client, logger): self._client, self._logger = client, logger
     def __getattr__(self, name):
+        if name.startswith("__") or name in ("_client", "_logger"): raise AttributeError(name)  # copying/pickling: no recursion
         attr = getattr(self._client, name)
         if name in _HELD_OPS: return lambda run_id, *a, **kw: self._logger._submit(_held_entries(name, run_id, *a, **kw))
         if not callable(attr): return attr
