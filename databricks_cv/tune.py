@@ -145,9 +145,13 @@ def _resources_text(cluster): return ", ".join(f"{cluster.get(k, 0):g} {k}" for 
 
 # %% ../nbs/09_tune.ipynb #de0ab7f1
 class ReportToTune(pl.Callback):
-    "Report every validation's metrics to Ray Tune (one report per epoch: ASHA's unit of time); stop when Tune says so."
+    "Report each epoch's validation metrics to Ray Tune (ASHA's unit of time) once its checkpoint is written; stop when Tune says so."
+    _validated = False
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking: return
+        if not trainer.sanity_checking: self._validated = True
+    def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation and its checkpoint (Lightning saves those last)
+        if not self._validated: return
+        self._validated = False
         from ray import tune
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         try: tune.report({**metrics, "epoch": trainer.current_epoch + 1, "global_step": trainer.global_step})
@@ -166,6 +170,10 @@ def _run_trial(params:dict, base:dict=None, search_dir:str=None):
     cfg.tracking.tags = {**cfg.tracking.tags, "databricks_cv.trial_id": ctx.get_trial_id()}
     run_dir = Path(search_dir) / "trials" / ctx.get_trial_id()
     if cfg.distributed.backend == "ray":  # this process drives a TorchTrainer; rank 0's epoch reports reach Tune through the callback
+        # with a storage path, the Train run is named after its run directory (the trial id) rather than "ray": Ray's
+        # Lightning callback names its temporary checkpoint folder after the job and the run, and deletes it when it starts,
+        # so trials running at once under one name deleted each other's checkpoints
+        if cfg.distributed.storage_path is None: cfg.distributed.storage_path = str(run_dir.parent)
         from ray.tune.integration.ray_train import TuneReportCallback
         from databricks_cv.distributed import train_ray
         train_ray(UnifiedTrainer(cfg, run_dir=run_dir), callbacks=[TuneReportCallback()])  # made here: it needs the trial's session
@@ -305,8 +313,11 @@ def _finish_parent(client, result:TuneResult):
     for run in client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{pid}'"):
         trial = run.data.tags.get("databricks_cv.trial_id")
         client.set_tag(run.info.run_id, "databricks_cv.trial_status", status.get(trial, "unknown"))
-        if run.info.status == "RUNNING":  # a trial that ASHA stopped: its process ended before Lightning closed the run
-            client.set_terminated(run.info.run_id, "KILLED" if status.get(trial) == "error" else "FINISHED")
+        # a trial that Tune ended (ASHA at a rung, or any trial at its last report) may have left its run RUNNING, or
+        # FAILED when rank 0 of its Ray Train workers saw the other ranks go first: the search knows how it ended
+        if status.get(trial) == "error": want = "KILLED" if run.info.status == "RUNNING" else run.info.status
+        else: want = "FINISHED"
+        if run.info.status != want: client.set_terminated(run.info.run_id, want)
     client.set_terminated(pid, "FINISHED")
 
 # %% ../nbs/09_tune.ipynb #a5b191b5
