@@ -258,7 +258,7 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
 
 # %% ../nbs/08_distributed.ipynb #de42bf94
-def _ray_configs(config:Config, run_dir:Path, per_worker:dict, multi_node:bool):
+def _ray_configs(config:Config, run_dir:Path, per_worker:dict, multi_node:bool, callbacks:Optional[list]=None):
     from ray.train import ScalingConfig, RunConfig, CheckpointConfig, FailureConfig
     d, t = config.distributed, config.training
     storage = check_storage_path(d.storage_path or str(run_dir), multi_node)
@@ -266,7 +266,7 @@ def _ray_configs(config:Config, run_dir:Path, per_worker:dict, multi_node:bool):
     run = RunConfig(name=run_dir.name if d.storage_path else "ray", storage_path=str(Path(storage).resolve()) if "://" not in storage else storage,
                     checkpoint_config=CheckpointConfig(num_to_keep=None if t.save_top_k < 1 else t.save_top_k,
                                                        checkpoint_score_attribute=t.monitor, checkpoint_score_order=t.monitor_mode),
-                    failure_config=FailureConfig(max_failures=d.max_failures))
+                    failure_config=FailureConfig(max_failures=d.max_failures), callbacks=callbacks)
     return scaling, run
 
 def _follow(path:Path, shown:int) -> int:
@@ -316,7 +316,9 @@ def _copy_ray_checkpoint(checkpoint, dest:Path) -> str:
     return str(dest)
 
 # %% ../nbs/08_distributed.ipynb #da828510
-def train_ray(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
+def train_ray(self:UnifiedTrainer, resume:bool=False,
+              callbacks:Optional[list]=None, # Ray Train callbacks of the run (e.g. Tune's `TuneReportCallback` in a trial)
+             ) -> TrainResult:
     "`UnifiedTrainer.train()` on Ray Train workers (`distributed.backend: ray`)."
     import ray
     cfg = absolute_paths(self.config); t = cfg.training
@@ -333,7 +335,7 @@ def train_ray(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
         elif self.run_dir is None: self.run_dir = new_run_dir(t.output_dir, cfg.model.model_type)
         else: self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = Path(self.run_dir).resolve()
-        scaling, run_config = _ray_configs(cfg, self.run_dir, per_worker, multi_node)
+        scaling, run_config = _ray_configs(cfg, self.run_dir, per_worker, multi_node, callbacks)
         logger = self.logger
         if logger is None and cfg.tracking.enabled:
             from databricks_cv.tracking import create_logger
