@@ -67,10 +67,11 @@ class DetectionDataModule(pl.LightningDataModule):
     def num_classes(self) -> int: return len(self.class_names)
 
     def _collate_fn(self, batch:list) -> dict:
-        "Collate dataset items into a batch (CONTRACTS.md)."
+        "Collate dataset items into a batch: `pixel_values`, `pixel_mask`, `targets`, `labels` (the adapter's), `meta`."
         return self.collator(batch)
 
 # %% ../nbs/03c_data.ipynb #e1f5545a
+@patch
 def _sources(self:DetectionDataModule) -> dict:
     "split -> (images folder, annotations path or data, image ids or None, name for messages)."
     c = self.config
@@ -87,7 +88,10 @@ def _sources(self:DetectionDataModule) -> dict:
         return {k: (v.images, v.annotations, None, v.annotations) for k, v in splits.items()}
     raise ValueError("no data: set `data.train` (+ `data.val`, `data.test`), or `data.images` + `data.annotations`, or `data.shapes`")
 
-def _setup(self:DetectionDataModule, stage:Optional[str]=None):
+# %% ../nbs/03c_data.ipynb #347d76bc
+@patch
+def setup(self:DetectionDataModule, stage:Optional[str]=None, # 'fit', 'validate', 'test', 'predict', or None: all splits
+         ):
     "Read categories and build the datasets for `stage` ('fit', 'validate', 'test', 'predict' or None: all)."
     sources = self._sources()
     wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, ("train", "val", "test"))
@@ -115,11 +119,10 @@ def _setup(self:DetectionDataModule, stage:Optional[str]=None):
             image_size=None if self.processor is not None else c.image_size, shortest_edge=c.shortest_edge,
             strict=c.strict, skip_bad_images=c.skip_bad_images, check_images=c.check_images, ann_file=name)
 
-DetectionDataModule._sources = _sources
-DetectionDataModule.setup = _setup
-
 # %% ../nbs/03c_data.ipynb #eea5eab8
+@patch
 def _loader(self:DetectionDataModule, split:str, train:bool=False):
+    "A DataLoader of `split`, its datasets built on demand; `[]` when the split does not exist."
     if split not in self.datasets: self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
     if split not in self.datasets: return []
     c = self.config
@@ -127,10 +130,20 @@ def _loader(self:DetectionDataModule, split:str, train:bool=False):
         shuffle=train, drop_last=c.drop_last if train else False, num_workers=c.num_workers, pin_memory=c.pin_memory,
         persistent_workers=c.persistent_workers and c.num_workers > 0, collate_fn=self.collator)
 
-DetectionDataModule._loader = _loader
-DetectionDataModule.train_dataloader = lambda self: self._loader("train", train=True)
-DetectionDataModule.val_dataloader = lambda self: self._loader("val")
-DetectionDataModule.test_dataloader = lambda self: self._loader("test")
+@patch
+def train_dataloader(self:DetectionDataModule):
+    "Shuffled batches of the train split (augmented), `drop_last` as the config says."
+    return self._loader("train", train=True)
+
+@patch
+def val_dataloader(self:DetectionDataModule):
+    "Batches of the validation split, in order, of `eval_batch_size`."
+    return self._loader("val")
+
+@patch
+def test_dataloader(self:DetectionDataModule):
+    "Batches of the test split, in order, of `eval_batch_size`."
+    return self._loader("test")
 
 # %% ../nbs/03c_data.ipynb #a536718d
 def _split_stats(ds:CocoDetection, class_names:list) -> dict:
@@ -145,9 +158,8 @@ def _split_stats(ds:CocoDetection, class_names:list) -> dict:
             "small": int((area < 32**2).sum()), "medium": int(((area >= 32**2) & (area < 96**2)).sum()), "large": int((area >= 96**2).sum()),
             "empty_images": int(sum(k == 0 for k in n_boxes)), "box_problems": dict(ds.box_report)}
 
-def _stats(self:DetectionDataModule) -> dict:
+@patch
+def stats(self:DetectionDataModule) -> dict:
     "Per split: images, boxes, boxes per class and per image, COCO size buckets, images with no boxes."
     if not self.datasets: self.setup()
     return {s: _split_stats(d, self.class_names) for s, d in self.datasets.items()}
-
-DetectionDataModule.stats = _stats
