@@ -118,27 +118,15 @@ def cmd_train(args) -> int:
 
 # %% ../nbs/20_cli.ipynb #f62a1cd7
 def cmd_evaluate(args) -> int:
-    import pytorch_lightning as pl
-    from databricks_cv.adapters import get_adapter
-    from databricks_cv.data import DetectionDataModule
-    from databricks_cv.model import DetectionModel
-    from databricks_cv.trainer import quiet_library_noise
-    quiet_library_noise()
+    "`UnifiedTrainer.test` of a checkpoint file: one process, no MLflow run, the report only where `--report` says."
     cfg = load_config(args.config, args.overrides)
     _check_data(cfg)
-    if not Path(args.checkpoint).is_file(): raise FileNotFoundError(f"no checkpoint file {args.checkpoint!r}")
-    model = DetectionModel.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    dm = DetectionDataModule(cfg.data, adapter=get_adapter(model.config.model.model_type))
-    dm.prepare_data()
-    trainer = pl.Trainer(accelerator=cfg.training.accelerator, devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False)
-    run = trainer.validate if args.split == "val" else trainer.test
-    out = run(model, datamodule=dm, verbose=False)
-    print(metrics_table({k: float(v) for k, v in out[0].items()}, stages=(args.split,)))
-    if args.report:
-        from databricks_cv.analysis import write_report
-        rep = write_report(model, dm, args.report, split=args.split)
-        print(f"report: {Path(rep['dir']) / 'report.md'}")
+    cfg.training.devices, cfg.training.report = 1, False
+    from databricks_cv.trainer import UnifiedTrainer
+    ut = UnifiedTrainer(cfg, logger=False)
+    metrics = ut.test(args.checkpoint, split=args.split, report_dir=args.report)
+    print(metrics_table(metrics, stages=(args.split,)))
+    if ut.report: print(f"report: {Path(ut.report['dir']) / 'report.md'}")
     return 0
 
 def cmd_tune(args) -> int:

@@ -164,7 +164,7 @@ class Predictor:
 
 # %% ../nbs/11_inference.ipynb #69152525
 def _item(self:Predictor, image:np.ndarray, index:int) -> dict:
-    "A dataset item (DESIGN.md) for an image, resized as `CocoDetection` resizes for evaluation."
+    "A dataset item (`image`, `boxes`, `labels`, `image_id`, `orig_size`, ...) for an image, resized as `CocoDetection` resizes for evaluation."
     h, w = image.shape[:2]
     data = self.model.config.data
     size = (h, w) if self.processor is not None else resized_size((h, w), data.image_size, data.shortest_edge)
