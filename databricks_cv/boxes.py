@@ -21,12 +21,12 @@ def _as_float(boxes):
     boxes = np.asarray(boxes)
     return boxes if np.issubdtype(boxes.dtype, np.floating) else boxes.astype(np.float32)
 
-def _hw(image_size, like):
+def _hw(size, like):
     "Height and width from `(h, w)` or an `(..., 2)` array, as the type of `like`."
     if isinstance(like, torch.Tensor):
-        size = torch.as_tensor(image_size, dtype=like.dtype, device=like.device)
+        size = torch.as_tensor(size, dtype=like.dtype, device=like.device)
     else:
-        size = np.asarray(image_size, dtype=like.dtype)
+        size = np.asarray(size, dtype=like.dtype)
     return size[..., 0], size[..., 1]
 
 # %% ../nbs/01_boxes.ipynb #ef824391
@@ -43,42 +43,54 @@ def xyxy_to_coco(boxes):
     return _stack([x0, y0, x1 - x0, y1 - y0], b)
 
 # %% ../nbs/01_boxes.ipynb #5f40a9b2
-def xyxy_to_cxcywh_norm(boxes, image_size):
-    "Absolute `xyxy` -> `[cx, cy, w, h]` divided by the image's width and height; `image_size` is `(h, w)`."
+def xyxy_to_cxcywh_norm(boxes, # (..., 4) absolute `xyxy`
+                        size, # (height, width) of the image, or (..., 2)
+                       ):
+    "Absolute `xyxy` -> `[cx, cy, w, h]` divided by the image's width and height."
     b = _as_float(boxes)
-    h, w = _hw(image_size, b)
+    h, w = _hw(size, b)
     x0, y0, x1, y1 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
     return _stack([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h], b)
 
-def cxcywh_norm_to_xyxy(boxes, image_size):
-    "`[cx, cy, w, h]` normalised by `image_size` `(h, w)` -> absolute `xyxy` in that image's pixels."
+def cxcywh_norm_to_xyxy(boxes, # (..., 4) `cxcywh_norm`
+                        size, # (height, width) of the image they are normalised by, or (..., 2)
+                       ):
+    "`[cx, cy, w, h]` normalised by the image size -> absolute `xyxy` in that image's pixels."
     b = _as_float(boxes)
-    h, w = _hw(image_size, b)
+    h, w = _hw(size, b)
     cx, cy, bw, bh = b[..., 0] * w, b[..., 1] * h, b[..., 2] * w, b[..., 3] * h
     return _stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], b)
 
-def coco_to_cxcywh_norm(boxes, image_size):
-    "Absolute `coco` -> `cxcywh_norm` for an image of `image_size` `(h, w)`."
-    return xyxy_to_cxcywh_norm(coco_to_xyxy(boxes), image_size)
+def coco_to_cxcywh_norm(boxes, # (..., 4) absolute `coco`
+                        size, # (height, width) of the image
+                       ):
+    "Absolute `coco` -> `cxcywh_norm` for an image of `size`."
+    return xyxy_to_cxcywh_norm(coco_to_xyxy(boxes), size)
 
-def cxcywh_norm_to_coco(boxes, image_size):
-    "`cxcywh_norm` for an image of `image_size` `(h, w)` -> absolute `coco`."
-    return xyxy_to_coco(cxcywh_norm_to_xyxy(boxes, image_size))
+def cxcywh_norm_to_coco(boxes, # (..., 4) `cxcywh_norm`
+                        size, # (height, width) of the image
+                       ):
+    "`cxcywh_norm` for an image of `size` -> absolute `coco`."
+    return xyxy_to_coco(cxcywh_norm_to_xyxy(boxes, size))
 
 # %% ../nbs/01_boxes.ipynb #748b4ef3
 BOX_FORMATS = ("coco", "xyxy", "cxcywh_norm")
 
-def convert_boxes(boxes, src:str, dst:str, image_size=None):
-    "Convert `boxes` from format `src` to `dst` (one of `BOX_FORMATS`); `cxcywh_norm` needs `image_size` `(h, w)`."
+def convert_boxes(boxes, # (..., 4) boxes in format `src`
+                  src:str, # one of `BOX_FORMATS`
+                  dst:str, # one of `BOX_FORMATS`
+                  size=None, # (height, width) of the image: needed to or from `cxcywh_norm`
+                 ):
+    "Convert `boxes` from format `src` to `dst`."
     for f in (src, dst):
         if f not in BOX_FORMATS: raise ValueError(f"unknown box format {f!r}; use one of {BOX_FORMATS}")
-    if "cxcywh_norm" in (src, dst) and src != dst and image_size is None:
-        raise ValueError("converting to or from `cxcywh_norm` needs `image_size` (height, width)")
+    if "cxcywh_norm" in (src, dst) and src != dst and size is None:
+        raise ValueError("converting to or from `cxcywh_norm` needs the image `size` (height, width)")
     if src == dst: return _as_float(boxes)
     xyxy = {"coco": coco_to_xyxy, "xyxy": _as_float,
-            "cxcywh_norm": lambda b: cxcywh_norm_to_xyxy(b, image_size)}[src](boxes)
+            "cxcywh_norm": lambda b: cxcywh_norm_to_xyxy(b, size)}[src](boxes)
     return {"coco": xyxy_to_coco, "xyxy": lambda b: b,
-            "cxcywh_norm": lambda b: xyxy_to_cxcywh_norm(b, image_size)}[dst](xyxy)
+            "cxcywh_norm": lambda b: xyxy_to_cxcywh_norm(b, size)}[dst](xyxy)
 
 # %% ../nbs/01_boxes.ipynb #3434d790
 BOX_REASONS = ("ok", "clipped", "nonfinite", "degenerate", "outside")
@@ -96,10 +108,12 @@ class BoxCheck:
         r, n = np.unique(self.reasons, return_counts=True)
         return {str(k): int(v) for k, v in zip(r, n)}
 
-def clip_boxes_xyxy(boxes, image_size):
-    "Clip absolute `xyxy` boxes to an image of `image_size` `(h, w)`."
+def clip_boxes_xyxy(boxes, # (..., 4) absolute `xyxy`
+                    size, # (height, width) of the image
+                   ):
+    "Clip absolute `xyxy` boxes to the image."
     b = _as_float(boxes)
-    h, w = _hw(image_size, b)
+    h, w = _hw(size, b)
     if isinstance(b, torch.Tensor):
         zero = torch.zeros_like(w)
         return _stack([torch.minimum(torch.maximum(b[..., 0], zero), w), torch.minimum(torch.maximum(b[..., 1], zero), h),
@@ -107,7 +121,7 @@ def clip_boxes_xyxy(boxes, image_size):
     return _stack([np.clip(b[..., 0], 0, w), np.clip(b[..., 1], 0, h), np.clip(b[..., 2], 0, w), np.clip(b[..., 3], 0, h)], b)
 
 def check_boxes(boxes_xyxy, # N x 4 absolute `xyxy` boxes
-                image_size, # (height, width) of their image
+                size, # (height, width) of their image
                 min_size:float=0.0, # boxes this thin or thinner after clipping count as `outside`
                ) -> BoxCheck:
     "Decide for each box whether to keep it, and why; clip the kept ones to the image."
@@ -118,7 +132,7 @@ def check_boxes(boxes_xyxy, # N x 4 absolute `xyxy` boxes
     with np.errstate(invalid="ignore"):
         degenerate = finite & ((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]))
         reasons[degenerate] = "degenerate"
-        clipped = clip_boxes_xyxy(np.where(finite[:, None], b, 0), image_size)
+        clipped = clip_boxes_xyxy(np.where(finite[:, None], b, 0), size)
         left = (clipped[:, 2] - clipped[:, 0] > min_size) & (clipped[:, 3] - clipped[:, 1] > min_size)
         live = finite & ~degenerate
         reasons[live & ~left] = "outside"

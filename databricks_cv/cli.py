@@ -11,7 +11,7 @@ from .config import ConfigError, SplitConfig, list_presets, load_config
 
 # %% auto #0
 __all__ = ['missing_data_paths', 'metrics_table', 'cmd_train', 'cmd_evaluate', 'cmd_tune', 'cmd_make_shapes', 'cmd_presets',
-           'load_predictor', 'cmd_predict', 'main']
+           'load_predictor', 'cmd_predict', 'cmd_export', 'main']
 
 # %% ../nbs/20_cli.ipynb #d89689c3
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--draw", metavar="DIR", help="write each image with its boxes and class names to this folder")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    x = sub.add_parser("export", help="export a checkpoint to ONNX: a folder that `predict` and Predictor.from_onnx load")
+    x.add_argument("checkpoint", help="a .ckpt file written by training")
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="the export format (default: onnx)")
+    x.add_argument("--out", metavar="DIR", help="the folder to write (default: CHECKPOINT_onnx beside the checkpoint)")
+    x.add_argument("--images", nargs="+", metavar="INPUT", help="images to trace and check on (default: random shapes on noise)")
+    x.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     m = sub.add_parser("make-shapes", help="write the synthetic shapes data set (COCO format)")
     m.add_argument("path", help="folder to write")
     m.add_argument("--n", type=int, default=640, help="images over all splits (default 640)")
@@ -118,27 +124,15 @@ def cmd_train(args) -> int:
 
 # %% ../nbs/20_cli.ipynb #f62a1cd7
 def cmd_evaluate(args) -> int:
-    import pytorch_lightning as pl
-    from databricks_cv.adapters import get_adapter
-    from databricks_cv.data import DetectionDataModule
-    from databricks_cv.model import DetectionModel
-    from databricks_cv.trainer import quiet_library_noise
-    quiet_library_noise()
+    "`UnifiedTrainer.test` of a checkpoint file: one process, no MLflow run, the report only where `--report` says."
     cfg = load_config(args.config, args.overrides)
     _check_data(cfg)
-    if not Path(args.checkpoint).is_file(): raise FileNotFoundError(f"no checkpoint file {args.checkpoint!r}")
-    model = DetectionModel.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    dm = DetectionDataModule(cfg.data, adapter=get_adapter(model.config.model.model_type))
-    dm.prepare_data()
-    trainer = pl.Trainer(accelerator=cfg.training.accelerator, devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False)
-    run = trainer.validate if args.split == "val" else trainer.test
-    out = run(model, datamodule=dm, verbose=False)
-    print(metrics_table({k: float(v) for k, v in out[0].items()}, stages=(args.split,)))
-    if args.report:
-        from databricks_cv.analysis import write_report
-        rep = write_report(model, dm, args.report, split=args.split)
-        print(f"report: {Path(rep['dir']) / 'report.md'}")
+    cfg.training.devices, cfg.training.report = 1, False
+    from databricks_cv.trainer import UnifiedTrainer
+    ut = UnifiedTrainer(cfg, logger=False)
+    metrics = ut.test(args.checkpoint, split=args.split, report_dir=args.report)
+    print(metrics_table(metrics, stages=(args.split,)))
+    if ut.report: print(f"report: {Path(ut.report['dir']) / 'report.md'}")
     return 0
 
 def cmd_tune(args) -> int:
@@ -166,9 +160,12 @@ def cmd_presets(args) -> int:
 def load_predictor(model:str, # a .ckpt file, or an MLflow model URI / folder
                    **kwargs, # `confidence_threshold`, `batch_size`, `device`
                   ):
-    "A `Predictor` from a checkpoint file or a model logged with `log_model`."
+    "A `Predictor` from a checkpoint file, a model logged with `log_model`, or a folder written by `export`."
     from databricks_cv.inference import Predictor
     if Path(model).is_file(): return Predictor.from_checkpoint(model, **kwargs)
+    if (Path(model) / "model.onnx").is_file():  # a folder written by `export`
+        import databricks_cv.export  # adds `Predictor.from_onnx`
+        return Predictor.from_onnx(model, **{k: v for k, v in kwargs.items() if k != "device"})
     if Path(model).is_dir() or ":/" in model: return Predictor.from_mlflow(model, **kwargs)
     raise FileNotFoundError(f"{model!r} is neither a checkpoint file nor an MLflow model URI (runs:/..., models:/...) or folder")
 
@@ -204,6 +201,19 @@ def cmd_predict(args) -> int:
         print(f"drawn images: {out} ({len(res)})")
     return 0
 
+# %% ../nbs/20_cli.ipynb #f5a3eaf3
+def cmd_export(args) -> int:
+    from databricks_cv.export import export_onnx
+    if not Path(args.checkpoint).is_file(): raise FileNotFoundError(f"no checkpoint file {args.checkpoint!r}")
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_onnx")
+    res = export_onnx(args.checkpoint, out, images=args.images)
+    d = res.max_diff
+    print(f"ONNX model: {res.path / 'model.onnx'} (inputs: {', '.join(res.inputs)})")
+    print(f"checked with onnxruntime: largest difference from PyTorch {d['probabilities']:.1e} in probabilities, "
+          f"{d['boxes']:.1e} in boxes")
+    print(f"predict:    databricks-cv predict {res.path} IMAGES...")
+    return 0
+
 # %% ../nbs/20_cli.ipynb #90390551
 def main(argv:Optional[list]=None) -> int:
     "Entry point of the `databricks-cv` command."
@@ -218,7 +228,7 @@ def main(argv:Optional[list]=None) -> int:
         parser.print_help(); return 2
     if args.command in ("train", "tune") and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config); args.config = "quickstart"  # `train key=value ...`: overrides of the default
-    run = {"train": cmd_train, "evaluate": cmd_evaluate, "tune": cmd_tune, "predict": cmd_predict, "make-shapes": cmd_make_shapes, "presets": cmd_presets}[args.command]
+    run = {"train": cmd_train, "evaluate": cmd_evaluate, "tune": cmd_tune, "predict": cmd_predict, "export": cmd_export, "make-shapes": cmd_make_shapes, "presets": cmd_presets}[args.command]
     try: return run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr); return 130

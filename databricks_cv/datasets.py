@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_datasets.ipynb #50eb1bb0
 from __future__ import annotations
-import colorsys, json, os, shutil, tempfile
+import colorsys, copy, json, os, shutil, tempfile
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .config import SplitConfig
 
 # %% auto #0
-__all__ = ['SHAPES_CATEGORIES', 'render_shapes_image', 'ShapesDataset', 'make_shapes_dataset']
+__all__ = ['SHAPES_CATEGORIES', 'render_shapes_image', 'ShapesDataset', 'make_shapes_dataset', 'make_flawed_coco']
 
 # %% ../nbs/02_datasets.ipynb #2ba1c9ae
 SHAPES_CATEGORIES = [{"id": 1, "name": "circle", "supercategory": "shape"},
@@ -151,3 +151,42 @@ def make_shapes_dataset(path, # folder to write (created; reused when it holds t
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+# %% ../nbs/02_datasets.ipynb #12586f7d
+def make_flawed_coco(root, # folder to write: `img/`, `nasty.json` and the three variant files
+                    ) -> Path:
+    "Write a tiny COCO set with one of every data flaw the loaders must handle; returns `root`."
+    root = Path(root); (root / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    pic = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pic(60, 80)).save(root / "img/rgb.png")
+    Image.fromarray(pic(50, 40)[..., 0]).save(root / "img/grey.png")
+    Image.fromarray(np.dstack([pic(40, 40), np.zeros((40, 40), np.uint8)])).save(root / "img/rgba.png")
+    Image.fromarray(pic(30, 50)).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "img/palette.png")
+    ex = Image.Exif(); ex[0x0112] = 6
+    Image.fromarray(pic(40, 60)).save(root / "img/exif.png", exif=ex)  # raw 40x60, shown 60x40; the JSON says 40x60
+    Image.fromarray((rng.integers(0, 65536, (32, 48))).astype(np.uint16)).save(root / "img/deep.png")
+    Image.fromarray(pic(32, 32)).save(root / "img/empty.png")
+    (root / "img/corrupt.png").write_bytes(b"\x89PNG not really")
+    images = [{"id": i, "file_name": f, "height": h, "width": w} for i, (f, h, w) in enumerate(
+        [("rgb.png", 60, 80), ("grey.png", 50, 40), ("rgba.png", 40, 40), ("palette.png", 30, 50), ("exif.png", 40, 60),
+         ("deep.png", 32, 48), ("empty.png", 32, 32), ("missing.png", 20, 20), ("corrupt.png", 20, 20)], start=101)]
+    bb = [(101, 2, [10, 10, 20, 15], 0),    # ok
+          (101, 5, [0, 0, 80, 60], 1),      # crowd
+          (101, 9, [30, 30, 0, 10], 0),     # zero width
+          (101, 2, [30, 30, 10, -5], 0),    # negative height
+          (101, 5, [float("nan"), 1, 2, 3], 0),  # NaN (JSON NaN, as Python writes it)
+          (101, 9, [90, 10, 10, 10], 0),    # wholly outside (x > 80)
+          (101, 2, [70, 50, 20, 20], 0),    # partly outside: clipped to [70, 50, 80, 60]
+          (102, 9, [5, 5, 10, 30], 0), (103, 5, [1, 2, 3, 4], 0), (104, 2, [10, 5, 20, 10], 0),
+          (105, 9, [2, 40, 30, 15], 0), (106, 5, [4, 4, 40, 20], 0), (108, 2, [1, 1, 5, 5], 0), (109, 2, [1, 1, 5, 5], 0)]
+    anns = [{"id": k, "image_id": i, "category_id": c, "bbox": b, "area": float(b[2] * b[3]) if np.isfinite(b).all() else 0.0,
+             "iscrowd": crowd} for k, (i, c, b, crowd) in enumerate(bb, start=1)]
+    cats = [{"id": 9, "name": "nine"}, {"id": 2, "name": "two"}, {"id": 5, "name": "five"}]
+    coco = {"images": images, "annotations": anns, "categories": cats}
+    (root / "nasty.json").write_text(json.dumps(coco))
+    for name, change in [("unknown_cat", lambda d: d["annotations"].append({**d["annotations"][0], "id": 99, "category_id": 4})),
+                         ("unknown_img", lambda d: d["annotations"].append({**d["annotations"][0], "id": 99, "image_id": 555})),
+                         ("dup_img", lambda d: d["images"].append({**d["images"][0], "file_name": "other.png"}))]:
+        d = copy.deepcopy(coco); change(d); (root / f"{name}.json").write_text(json.dumps(d))
+    return root

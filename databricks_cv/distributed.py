@@ -236,9 +236,13 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
     dm = ut._init_datamodule(); dm.setup("fit")  # the driver made the data before the workers started
     model = ut._init_model(dm)
     logger = False
-    if rank == 0 and payload.get("run_id"):
-        from pytorch_lightning.loggers import MLFlowLogger
-        logger = MLFlowLogger(experiment_name=cfg.tracking.experiment_name, tracking_uri=payload["tracking_uri"], run_id=payload["run_id"])
+    if rank == 0 and payload.get("run_id"):  # a tracking outage is survived as locally; its warnings reach the driver's output
+        from databricks_cv.tracking import ResilientMLFlowLogger
+        progress = Path(payload["run_dir"]) / "progress.log"
+        def notify(message):
+            with open(progress, "a") as f: f.write(f"warning: {message}\n")
+        logger = ResilientMLFlowLogger(experiment_name=cfg.tracking.experiment_name, tracking_uri=payload["tracking_uri"], run_id=payload["run_id"],
+                                       held_path=Path(payload["run_dir"]) / "mlflow_held_worker.jsonl", notify=notify)
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar, LearningRateMonitor
     own = [c for c in ut._init_callbacks() if not isinstance(c, (ModelCheckpoint, TQDMProgressBar))  # Ray keeps the checkpoints
            and (logger or not isinstance(c, LearningRateMonitor))]
@@ -254,7 +258,7 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
 
 # %% ../nbs/08_distributed.ipynb #de42bf94
-def _ray_configs(config:Config, run_dir:Path, per_worker:dict, multi_node:bool):
+def _ray_configs(config:Config, run_dir:Path, per_worker:dict, multi_node:bool, callbacks:Optional[list]=None):
     from ray.train import ScalingConfig, RunConfig, CheckpointConfig, FailureConfig
     d, t = config.distributed, config.training
     storage = check_storage_path(d.storage_path or str(run_dir), multi_node)
@@ -262,7 +266,7 @@ def _ray_configs(config:Config, run_dir:Path, per_worker:dict, multi_node:bool):
     run = RunConfig(name=run_dir.name if d.storage_path else "ray", storage_path=str(Path(storage).resolve()) if "://" not in storage else storage,
                     checkpoint_config=CheckpointConfig(num_to_keep=None if t.save_top_k < 1 else t.save_top_k,
                                                        checkpoint_score_attribute=t.monitor, checkpoint_score_order=t.monitor_mode),
-                    failure_config=FailureConfig(max_failures=d.max_failures))
+                    failure_config=FailureConfig(max_failures=d.max_failures), callbacks=callbacks)
     return scaling, run
 
 def _follow(path:Path, shown:int) -> int:
@@ -296,6 +300,7 @@ def _ray_result(self:UnifiedTrainer, result, run_id, uri, logger) -> TrainResult
         best_score = m.get(t.monitor)
     last = _copy_ray_checkpoint(result.checkpoint, self.run_dir / "checkpoints" / "last.ckpt") if result.checkpoint else None
     if logger and best and self.config.tracking.log_checkpoint: logger.experiment.log_artifact(run_id, best, "checkpoints")
+    if getattr(logger, "held", None): logger.finalize("success")  # the server is away: one more try, else kept and said where
     step = int(metrics.get("step", 0))
     self.result = TrainResult(run_dir=self.run_dir, run_id=run_id, tracking_uri=uri, best_checkpoint=best,
                               best_score=None if best_score is None else float(best_score), last_checkpoint=last,
@@ -311,7 +316,9 @@ def _copy_ray_checkpoint(checkpoint, dest:Path) -> str:
     return str(dest)
 
 # %% ../nbs/08_distributed.ipynb #da828510
-def train_ray(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
+def train_ray(self:UnifiedTrainer, resume:bool=False,
+              callbacks:Optional[list]=None, # Ray Train callbacks of the run (e.g. Tune's `TuneReportCallback` in a trial)
+             ) -> TrainResult:
     "`UnifiedTrainer.train()` on Ray Train workers (`distributed.backend: ray`)."
     import ray
     cfg = absolute_paths(self.config); t = cfg.training
@@ -328,7 +335,7 @@ def train_ray(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
         elif self.run_dir is None: self.run_dir = new_run_dir(t.output_dir, cfg.model.model_type)
         else: self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = Path(self.run_dir).resolve()
-        scaling, run_config = _ray_configs(cfg, self.run_dir, per_worker, multi_node)
+        scaling, run_config = _ray_configs(cfg, self.run_dir, per_worker, multi_node, callbacks)
         logger = self.logger
         if logger is None and cfg.tracking.enabled:
             from databricks_cv.tracking import create_logger

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 import databricks_cv
-from .config import config_to_dict
+from .config import CONFIG_VERSION, config_to_dict
 from .boxes import xyxy_to_coco
 from .data import DetectionCollator, load_image, resized_size, resize_image, _to_rgb_uint8
 from .model import DetectionModel, _adapter_path, _resolve_adapter
@@ -21,7 +21,7 @@ from .visualization import label_color
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DETECTOR_INFO', 'expand_inputs', 'read_image', 'Detections', 'Predictions', 'Predictor',
-           'draw_detections', 'save_detector', 'load_detector', 'predict_table', 'log_model']
+           'draw_detections', 'save_detector', 'detector_info', 'load_detector', 'predict_table', 'log_model']
 
 # %% ../nbs/11_inference.ipynb #a11ce7c5
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # what a folder's images end with
@@ -164,7 +164,7 @@ class Predictor:
 
 # %% ../nbs/11_inference.ipynb #69152525
 def _item(self:Predictor, image:np.ndarray, index:int) -> dict:
-    "A dataset item (DESIGN.md) for an image, resized as `CocoDetection` resizes for evaluation."
+    "A dataset item (`image`, `boxes`, `labels`, `image_id`, `orig_size`, ...) for an image, resized as `CocoDetection` resizes for evaluation."
     h, w = image.shape[:2]
     data = self.model.config.data
     size = (h, w) if self.processor is not None else resized_size((h, w), data.image_size, data.shortest_edge)
@@ -263,10 +263,16 @@ def save_detector(predictor:Predictor, # what to save
     "Write the Hugging Face model (`save_pretrained`) and everything else predicting needs to `path`."
     path = Path(path)
     if path.exists() and any(path.iterdir()): raise FileExistsError(f"{path} exists and is not empty")
-    m, d = predictor.model, predictor.model.config.data
-    with _no_hf_progress(): m.model.save_pretrained(path / "hf_model")
+    with _no_hf_progress(): predictor.model.model.save_pretrained(path / "hf_model")
     if predictor.processor is not None: predictor.processor.save_pretrained(path / "hf_model")
-    info = {"format": 1, "databricks_cv_version": databricks_cv.__version__, "model_type": m.config.model.model_type,
+    (path / DETECTOR_INFO).write_text(json.dumps(detector_info(predictor), indent=1))
+    return path
+
+def detector_info(predictor:Predictor, # the detector to describe
+                 ) -> dict:
+    "Everything besides the network that predicting needs: family, adapter, classes, threshold, preprocessing, config."
+    m, d = predictor.model, predictor.model.config.data
+    return {"format": 1, "databricks_cv_version": databricks_cv.__version__, "model_type": m.config.model.model_type,
             "adapter": _adapter_path(m.adapter), "id2label": {str(k): v for k, v in m.id2label.items()},
             "category_ids": m.category_ids, "confidence_threshold": predictor.confidence_threshold,
             "max_detections": m.config.training.max_detections,
@@ -274,9 +280,7 @@ def save_detector(predictor:Predictor, # what to save
                               "transforms": d.transforms if isinstance(d.transforms, str) else "custom",
                               "image_mean": list(m.adapter.image_mean), "image_std": list(m.adapter.image_std),
                               "uses_pixel_mask": m.adapter.uses_pixel_mask},
-            "config": config_to_dict(m.config)}
-    (path / DETECTOR_INFO).write_text(json.dumps(info, indent=1))
-    return path
+            "config": config_to_dict(m.config), "config_version": CONFIG_VERSION}
 
 def load_detector(path, # a folder written by `save_detector`
                   **kwargs, # `confidence_threshold`, `batch_size`, `device` for the `Predictor`
@@ -288,7 +292,8 @@ def load_detector(path, # a folder written by `save_detector`
     info = json.loads((path / DETECTOR_INFO).read_text())
     hf_cfg = AutoConfig.from_pretrained(path / "hf_model")
     if getattr(hf_cfg, "use_pretrained_backbone", False): hf_cfg.use_pretrained_backbone = False  # the weights are here
-    model = DetectionModel(info["config"], info["id2label"], info["category_ids"], hf_config=hf_cfg.to_dict(), adapter=info["adapter"])
+    model = DetectionModel(info["config"], info["id2label"], info["category_ids"], hf_config=hf_cfg.to_dict(), adapter=info["adapter"],
+                           config_version=info.get("config_version"))
     with _no_hf_progress(): model.model = AutoModelForObjectDetection.from_pretrained(path / "hf_model", config=hf_cfg)
     model.adapter = _resolve_adapter(info["adapter"], model.model)
     kwargs.setdefault("confidence_threshold", info["confidence_threshold"])

@@ -221,13 +221,14 @@ def _step(self:DetectionModel, batch:dict, stage:str):
     "Forward with labels, log the loss and its components, update the stage's metric."
     out = self(batch["pixel_values"], batch.get("pixel_mask"), batch["labels"])
     bs, train = len(batch["pixel_values"]), stage == "train"
-    self.log(f"{stage}/loss", out.loss.detach(), batch_size=bs, prog_bar=True, on_step=train, on_epoch=not train)
+    self.log(f"{stage}/loss", out.loss.detach(), batch_size=bs, prog_bar=True, on_step=train, on_epoch=not train, sync_dist=not train)
     # A training step's loss components reach the logger only every `log_every_n_steps`: log them just then
     # (RT-DETR has two dozen of them, and a `self.log` call costs about a millisecond).
+    # val/test losses: the mean over every rank's batches under DDP (`sync_dist`), not rank 0's shard alone
     components = (getattr(out, "loss_dict", None) or {}) if not train or _writes_step_logs(self._trainer) else {}
     for name, value in components.items():
         name = name if name.startswith("loss_") else f"loss_{name}"
-        self.log(f"{stage}/{name}", torch.as_tensor(value).detach().float(), batch_size=bs, on_step=train, on_epoch=not train)
+        self.log(f"{stage}/{name}", torch.as_tensor(value).detach().float(), batch_size=bs, on_step=train, on_epoch=not train, sync_dist=not train)
     metric = {"train": self.train_map, "val": self.val_map, "test": self.test_map}[stage]
     if metric is not None:
         meta, targets = (_train_frame(batch["meta"], batch["targets"]) if train

@@ -4,15 +4,20 @@
 
 # %% ../nbs/06_tracking.ipynb #d9c86864
 from __future__ import annotations
-import contextlib, os, signal, socket, subprocess, sys, time, urllib.error, urllib.request
+import atexit, contextlib, json, logging, math, os, re, signal, socket, subprocess, sys, time, urllib.error, urllib.request, warnings
 from pathlib import Path
 from typing import Optional
+from fastcore.basics import patch
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
 from .config import Config, TrackingConfig, flatten_config, save_config
 import databricks_cv
 
 # %% auto #0
-__all__ = ['MAX_PARAM_KEY', 'MAX_PARAM_VALUE', 'resolve_tracking_uri', 'TrackingError', 'check_tracking_uri', 'config_params',
-           'git_sha', 'run_tags', 'artifact_location', 'create_logger', 'get_run_metrics', 'mlflow_server']
+__all__ = ['MAX_PARAM_KEY', 'MAX_PARAM_VALUE', 'HELD_FILE', 'resolve_tracking_uri', 'TrackingError', 'check_tracking_uri',
+           'config_params', 'git_sha', 'run_tags', 'artifact_location', 'short_http_requests', 'is_outage',
+           'TrackingOutageWarning', 'ResilientMLFlowLogger', 'send_held', 'create_logger', 'get_run_metrics',
+           'MlflowServer', 'mlflow_server']
 
 # %% ../nbs/06_tracking.ipynb #0fc7b263
 def resolve_tracking_uri(tracking:TrackingConfig, # the config's tracking section
@@ -87,17 +92,236 @@ def _keep_tracking_env():
         mlflow.set_tracking_uri(before)  # None unsets the variable
         if before is None: os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+# %% ../nbs/06_tracking.ipynb #e13a21ee
+@contextlib.contextmanager
+def short_http_requests(timeout:int=15, # seconds MLflow's client waits for a connection or an answer
+                        max_retries:int=0, # retries of one request (MLflow's default: 7, with a growing back-off)
+                       ):
+    "Inside the block, MLflow's HTTP client gives up on a server that does not answer at once instead of retrying for minutes."
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)  # mlflow reads both at every request
+    try: yield
+    finally:
+        for k, v in before.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+def is_outage(error:BaseException) -> bool:
+    "Whether `error` from an MLflow call means the server could not be reached or did not answer (not that it refused the request)."
+    import requests
+    from mlflow.exceptions import MlflowException
+    if isinstance(error, requests.exceptions.RequestException): return True  # e.g. an artifact upload answered 503
+    return isinstance(error, MlflowException) and error.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+
+# %% ../nbs/06_tracking.ipynb #a4928fee
+HELD_FILE = "mlflow_held.jsonl"
+_BATCH_LIMITS = {"metrics": 800, "params": 100, "tags": 100}  # MLflow's log_batch takes at most 1000 entities, 100 params and 100 tags
+
+def _held_entries(op:str, run_id:str, *args, **kw) -> list:
+    "The JSON-able entries of one MLflow client write (`log_batch` split within MLflow's limits)."
+    if op in ("log_batch", "log_metric", "log_param", "set_tag"):
+        if op == "log_batch":
+            metrics = [[m.key, float(m.value), int(m.timestamp), int(m.step)] for m in (args[0] if args else kw.get("metrics")) or ()]
+            params = [[p.key, str(p.value)] for p in (args[1] if len(args) > 1 else kw.get("params")) or ()]
+            tags = [[t.key, str(t.value)] for t in (args[2] if len(args) > 2 else kw.get("tags")) or ()]
+        else:
+            names = {"log_metric": ("key", "value", "timestamp", "step"), "log_param": ("key", "value"), "set_tag": ("key", "value")}[op]
+            a = {**dict(zip(names, args)), **{k: v for k, v in kw.items() if k in names}}
+            metrics = [[a["key"], float(a["value"]), int(a.get("timestamp") or time.time() * 1000), int(a.get("step") or 0)]] if op == "log_metric" else []
+            params = [[a["key"], str(a["value"])]] if op == "log_param" else []
+            tags = [[a["key"], str(a["value"])]] if op == "set_tag" else []
+        parts = {"metrics": metrics, "params": params, "tags": tags}
+        n = max([math.ceil(len(v) / _BATCH_LIMITS[k]) for k, v in parts.items()] + [1])
+        return [{"op": "log_batch", "run_id": run_id, **{k: v[i * _BATCH_LIMITS[k]:(i + 1) * _BATCH_LIMITS[k]] for k, v in parts.items()}}
+                for i in range(n)]
+    if op in ("log_artifact", "log_artifacts"):
+        names = ("local_path", "artifact_path") if op == "log_artifact" else ("local_dir", "artifact_path")
+        a = {**dict(zip(names, args)), **kw}
+        path = Path(a[names[0]]).resolve()
+        if not path.exists(): raise FileNotFoundError(f"nothing to log as an artifact at {path}")
+        return [{"op": op, "run_id": run_id, "path": str(path), "artifact_path": a.get("artifact_path")}]
+    if op == "set_terminated":
+        a = {**dict(zip(("status", "end_time"), args)), **kw}
+        return [{"op": op, "run_id": run_id, "status": a.get("status") or "FINISHED", "end_time": int(a.get("end_time") or time.time() * 1000)}]
+    raise ValueError(f"not a held MLflow write: {op}")
+
+def _merge(entries:list) -> tuple:
+    "The first request to send: consecutive `log_batch` entries of one run merged within MLflow's limits; (entry, how many it covers)."
+    first = entries[0]
+    if first["op"] != "log_batch": return first, 1
+    merged, n = {k: list(v) if isinstance(v, list) else v for k, v in first.items()}, 1
+    for e in entries[1:]:
+        if e["op"] != "log_batch" or e["run_id"] != first["run_id"] or any(len(merged[k]) + len(e[k]) > lim for k, lim in _BATCH_LIMITS.items()): break
+        for k in _BATCH_LIMITS: merged[k] += e[k]
+        n += 1
+    return merged, n
+
+def _send(client, entry:dict):
+    "Send one held entry with `client` (an `MlflowClient`)."
+    from mlflow.entities import Metric, Param, RunTag
+    op, run_id = entry["op"], entry["run_id"]
+    if op == "log_batch":
+        client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in entry["metrics"]],
+                         params=[Param(k, v) for k, v in entry["params"]], tags=[RunTag(k, v) for k, v in entry["tags"]])
+    elif op in ("log_artifact", "log_artifacts"): getattr(client, op)(run_id, entry["path"], entry["artifact_path"])
+    elif op == "set_terminated": client.set_terminated(run_id, entry["status"], entry["end_time"])
+    else: raise ValueError(f"unknown held entry {op!r}")
+
+# %% ../nbs/06_tracking.ipynb #1914465b
+class TrackingOutageWarning(UserWarning):
+    "The MLflow tracking server did not answer: what it missed is held back and sent later."
+
+_HELD_OPS = ("log_batch", "log_metric", "log_param", "set_tag", "log_artifact", "log_artifacts", "set_terminated")
+
+class _HoldingClient:
+    "An `MlflowClient` whose writes go through the logger's queue, and whose reads give up at once when the server is down."
+    def __init__(self, client, logger): self._client, self._logger = client, logger
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_client", "_logger"): raise AttributeError(name)  # copying/pickling: no recursion
+        attr = getattr(self._client, name)
+        if name in _HELD_OPS: return lambda run_id, *a, **kw: self._logger._submit(_held_entries(name, run_id, *a, **kw))
+        if not callable(attr): return attr
+        def call(*a, **kw):
+            with short_http_requests(self._logger.timeout): return attr(*a, **kw)
+        return call
+
+class ResilientMLFlowLogger(MLFlowLogger):
+    "Lightning's `MLFlowLogger` that trains on through a tracking outage: what the server missed is held, in order, and sent later."
+    def __init__(self, *args,
+                 held_path=None, # where held writes are kept while the server is down (default: none kept on disk)
+                 timeout:int=15, # seconds one request may wait for the server
+                 retry_after:float=5.0, # seconds before the first retry; doubles after every failure
+                 max_retry_after:float=120.0, # longest wait between retries
+                 notify=None, # called with each warning's text (default: `warnings.warn`)
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.held_path = None if held_path is None else Path(held_path)
+        self.timeout, self.retry_after, self.max_retry_after, self.notify = timeout, retry_after, max_retry_after, notify
+        self.held, self.sent, self._warned, self._delay, self._next_try = [], 0, False, 0.0, 0.0
+        self._holding_client = _HoldingClient(self._mlflow_client, self)
+
+    @property
+    def experiment(self):
+        "The MLflow client of the run (on rank 0): writes are held while the server is down."
+        if self._initialized: return self._holding_client
+        try:  # Lightning's: opens (or reopens) the run on rank 0, a dummy elsewhere
+            with short_http_requests(self.timeout), _keep_tracking_env(): client = MLFlowLogger.experiment.fget(self)
+        except Exception as e:  # reopening a run while the server is down: hold everything until it answers
+            if self._run_id is None or not is_outage(e): raise
+            self._initialized, client = True, self._mlflow_client
+            self._outage(e)
+        return self._holding_client if client is self._mlflow_client else client  # ranks > 0 get Lightning's dummy
+
+# %% ../nbs/06_tracking.ipynb #1655baba
+_log = logging.getLogger("databricks_cv")
+
+@patch
+def _warn(self:ResilientMLFlowLogger, message:str):
+    if self.notify is not None: self.notify(message)
+    else: warnings.warn(message, TrackingOutageWarning, stacklevel=3)
+
+@patch
+def _outage(self:ResilientMLFlowLogger, error:BaseException):
+    "Plan the next retry; the first time, warn from which step metrics are held back."
+    self._delay = min(max(self._delay * 2, self.retry_after), self.max_retry_after)
+    self._next_try = time.time() + self._delay
+    if self._warned: return
+    self._warned = True
+    step = next((m[3] for e in self.held for m in e.get("metrics", ())), None)
+    causes = re.findall(r"(\w+(?:Error|Exception|Timeout))\(", str(error))
+    reason = causes[-1] if causes else type(error).__name__
+    self._warn(f"the MLflow tracking server at {self._tracking_uri} does not answer ({reason}): "
+               + (f"metrics from step {step} on" if step is not None else "what the run logs from now on")
+               + " are held back and sent when it answers again; training goes on")
+
+@patch
+def _submit(self:ResilientMLFlowLogger, entries:list, force:bool=False):
+    "Queue `entries` behind anything held, then send what the back-off allows (everything, when nothing was held)."
+    waiting = bool(self.held)
+    self.held.extend(entries)
+    if waiting and self.held_path is not None:  # an outage is on: keep what is held on disk as it grows
+        with open(self.held_path, "a") as f: f.writelines(json.dumps({**e, "tracking_uri": self._tracking_uri}) + "\n" for e in entries)
+    self.flush(force=force or not waiting)
+
+@patch
+def flush(self:ResilientMLFlowLogger, force:bool=False) -> bool:
+    "Send held writes in order, unless the back-off says to wait (`force`: try now); True when nothing is held."
+    if not self.held: return True
+    if not force and time.time() < self._next_try: return False
+    try:
+        while self.held:
+            request, n = _merge(self.held)
+            try:
+                with short_http_requests(self.timeout): _send(self._mlflow_client, request)
+            except Exception as e:
+                if is_outage(e): self._outage(e); return False
+                del self.held[:n]; raise  # the server refused it: retrying would not help
+            del self.held[:n]; self.sent += n
+            if self._delay: _log.info(f"the MLflow tracking server at {self._tracking_uri} answers again: sending what was held back")
+            self._delay, self._warned = 0.0, False  # a later outage is news again
+        return True
+    finally: self._write_held()
+
+@patch
+def _write_held(self:ResilientMLFlowLogger):
+    "Make the file of held writes match the queue (no file when nothing is held)."
+    if self.held_path is None: return
+    if not self.held: self.held_path.unlink(missing_ok=True); return
+    tmp = self.held_path.with_name(f".{self.held_path.name}.tmp")
+    tmp.write_text("".join(json.dumps({**e, "tracking_uri": self._tracking_uri}) + "\n" for e in self.held)); os.replace(tmp, self.held_path)
+
+# %% ../nbs/06_tracking.ipynb #e12171c8
+@patch
+@rank_zero_only
+def finalize(self:ResilientMLFlowLogger, status:str="success"):
+    "End the run (Lightning calls this after `fit` and `test`): send everything held; what the server still misses stays in `held_path`."
+    if not self._initialized: return
+    status = {"success": "FINISHED", "failed": "FAILED", "finished": "FINISHED"}.get(status, status)
+    if self._checkpoint_callback: self._scan_and_log_checkpoints(self._checkpoint_callback)
+    self._submit(_held_entries("set_terminated", self.run_id, status), force=True)
+    if self.held:
+        steps = [m[3] for e in self.held for m in e.get("metrics", ())]
+        where = (f"they are kept in {self.held_path}; send them with `databricks_cv.tracking.send_held({str(self.held_path)!r})` "
+                 "once the server answers") if self.held_path else "they are lost when this process ends"
+        self._warn(f"the MLflow tracking server at {self._tracking_uri} still does not answer: {len(self.held)} writes "
+                   + (f"(metrics from step {min(steps)} on) " if steps else "") + f"were not sent; {where}")
+
+# %% ../nbs/06_tracking.ipynb #6a3ad36b
+def send_held(path, # a file of held writes (`<run dir>/mlflow_held.jsonl`)
+              tracking_uri:Optional[str]=None, # default: the server each write was meant for
+             ) -> int:
+    "Send the writes a `ResilientMLFlowLogger` could not, in order; the file goes once all are sent. Returns how many were sent."
+    from mlflow.tracking import MlflowClient
+    path = Path(path)
+    if not path.is_file(): return 0
+    entries = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    done, clients = 0, {}
+    try:
+        while done < len(entries):
+            entry, n = _merge(entries[done:])
+            uri = tracking_uri or entry["tracking_uri"]
+            client = clients.setdefault(uri, MlflowClient(uri))
+            with short_http_requests(): _send(client, entry)
+            done += n
+    finally:
+        if done == len(entries): path.unlink()
+        elif done:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in entries[done:])); os.replace(tmp, path)
+    return done
+
 # %% ../nbs/06_tracking.ipynb #16ed07d0
 def create_logger(config:Config, # the run's config
                   run_dir, # the run directory (config.yaml is written there)
                   run_id:Optional[str]=None, # reopen this run (resuming) instead of starting one
                  ):
-    "A Lightning `MLFlowLogger` on the run of this training, with params, config artifact and tags logged."
-    from pytorch_lightning.loggers import MLFlowLogger
+    "A `ResilientMLFlowLogger` on the run of this training, with params, config artifact and tags logged."
     from mlflow.entities import Param
     uri = check_tracking_uri(resolve_tracking_uri(config.tracking, config.training.output_dir))
-    logger = MLFlowLogger(experiment_name=config.tracking.experiment_name, run_name=config.tracking.run_name,
-                          tracking_uri=uri, tags=run_tags(config), run_id=run_id, artifact_location=artifact_location(uri))
+    logger = ResilientMLFlowLogger(experiment_name=config.tracking.experiment_name, run_name=config.tracking.run_name,
+                                   tracking_uri=uri, tags=run_tags(config), run_id=run_id, artifact_location=artifact_location(uri),
+                                   held_path=Path(run_dir) / HELD_FILE)
     with _keep_tracking_env(): logger.experiment  # opens the run; mlflow.set_tracking_uri would leak into the environment
     if run_id is None:
         params = [Param(k, v) for k, v in config_params(config).items()]
@@ -113,34 +337,55 @@ def get_run_metrics(tracking_uri:str, run_id:str) -> dict:
     return dict(MlflowClient(tracking_uri).get_run(run_id).data.metrics)
 
 # %% ../nbs/06_tracking.ipynb #2b5ae024
+class MlflowServer:
+    "An `mlflow server` process on 127.0.0.1 with a SQLite store in `folder`, that can be killed and started again (same store, same port)."
+    def __init__(self, folder, # where the server keeps its SQLite store and artifacts
+                 port:Optional[int]=None, # default: a free port
+                 timeout:float=90, # seconds to wait for it to answer
+                ):
+        self.folder, self.timeout, self.proc = Path(folder), timeout, None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if port is None:
+            with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+        self.port, self.uri = port, f"http://127.0.0.1:{port}"
+
+    def start(self) -> str:
+        "Start the server and wait until it answers; returns its URI."
+        with open(self.folder / "server.log", "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                                          "--backend-store-uri", f"sqlite:///{(self.folder / 'mlflow.db').resolve()}",
+                                          "--artifacts-destination", str((self.folder / "artifacts").resolve()), "--workers", "1"],
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job workers: starts faster
+        atexit.register(self.kill)  # never left running by a process that ends (a failed test)
+        deadline = time.time() + self.timeout
+        while True:
+            try: return check_tracking_uri(self.uri, timeout=2)
+            except TrackingError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    raise TrackingError(f"mlflow server did not start on {self.uri}; see {self.folder / 'server.log'}") from None
+                time.sleep(0.5)
+
+    def kill(self, sig:int=signal.SIGKILL):
+        "Send `sig` to the server and its workers, and wait until they are gone."
+        if self.proc is None: return
+        try: os.killpg(self.proc.pid, sig)
+        except ProcessLookupError: pass
+        try: self.proc.wait(10)
+        except subprocess.TimeoutExpired: pass
+        try: os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of its process group
+        except ProcessLookupError: pass
+        self.proc.wait(); self.proc = None
+
+    def stop(self): self.kill(signal.SIGTERM)
+    def __enter__(self): self.start(); return self
+    def __exit__(self, *exc): self.stop()
+
 @contextlib.contextmanager
 def mlflow_server(folder, # where the server keeps its SQLite store and artifacts
                   port:Optional[int]=None, # default: a free port
                   timeout:float=90, # seconds to wait for it to answer
                  ):
     "Run `mlflow server` on 127.0.0.1 for the duration of a `with` block; yields its URI."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    if port is None:
-        with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
-    log = open(folder / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{(folder / 'mlflow.db').resolve()}",
-                             "--artifacts-destination", str((folder / "artifacts").resolve()), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + timeout
-        while True:
-            try: check_tracking_uri(uri, timeout=2); break
-            except TrackingError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise TrackingError(f"mlflow server did not start on {uri}; see {folder / 'server.log'}")
-                time.sleep(0.5)
-        yield uri
-    finally:
-        try: os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError: pass
-        try: proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL); proc.wait()
-        log.close()
+    with MlflowServer(folder, port, timeout) as server: yield server.uri

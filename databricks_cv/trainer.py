@@ -12,12 +12,12 @@ import torch
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from fastcore.basics import patch
 from .config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 
 # %% auto #0
 __all__ = ['new_run_dir', 'AtomicCheckpointIO', 'TrainResult', 'latest_checkpoint', 'find_resumable_run', 'UnifiedTrainer',
-           'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'TimeBudget', 'train', 'test',
-           'get_metrics']
+           'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'TimeBudget']
 
 # %% ../nbs/07_trainer.ipynb #88500962
 def new_run_dir(output_dir, # parent folder of all runs
@@ -99,11 +99,12 @@ class UnifiedTrainer:
         self.config, self.model, self.datamodule, self.logger = config, model, datamodule, logger
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.trainer, self.result, self.report = None, None, None
+        self._train_called = False  # one trainer is one run: see `train`
 
-    def _init_datamodule(self):
+    def _init_datamodule(self, model_type:Optional[str]=None): # default: the config's model type
         from databricks_cv.adapters import get_adapter
         from databricks_cv.data import DetectionDataModule
-        return DetectionDataModule(self.config.data, adapter=get_adapter(self.config.model.model_type))
+        return DetectionDataModule(self.config.data, adapter=get_adapter(model_type or self.config.model.model_type))
 
     def _init_model(self, datamodule):
         from databricks_cv.model import DetectionModel
@@ -164,7 +165,9 @@ class TimeBudget(pl.Callback):
         pl_module.total_steps = float(planned * steps)  # the warm-up/cosine schedule reads it at every step
 
 # %% ../nbs/07_trainer.ipynb #a7b81a16
+@patch
 def _init_callbacks(self:UnifiedTrainer) -> list:
+    "The run's callbacks; the best-checkpoint one is kept as `self.best_checkpoint`."
     t = self.config.training
     ckpt_dir = self.run_dir / "checkpoints"
     self.best_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=t.monitor, mode=t.monitor_mode, save_top_k=t.save_top_k,
@@ -181,25 +184,34 @@ def _init_callbacks(self:UnifiedTrainer) -> list:
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingAfterValidation(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     return callbacks
-UnifiedTrainer._init_callbacks = _init_callbacks
 
 # %% ../nbs/07_trainer.ipynb #a42d9224
-def _init_trainer(self:UnifiedTrainer, logger=None, **overrides) -> pl.Trainer:
+@patch
+def _init_trainer(self:UnifiedTrainer, logger=None, # a Lightning logger, or False
+                  **overrides, # replace the `pl.Trainer` arguments; `callbacks` given here replace the run's own (not built then)
+                 ) -> pl.Trainer:
+    "The Lightning `Trainer` for this run's config."
     t = self.config.training
+    if "callbacks" not in overrides:  # built only when used: building them replaces `self.best_checkpoint`
+        overrides["callbacks"] = [c for c in self._init_callbacks() if logger or not isinstance(c, LearningRateMonitor)]
     kw = dict(accelerator=t.accelerator, devices=t.devices, precision=t.precision, max_epochs=t.max_epochs,
               max_steps=t.max_steps, gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
               log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=t.check_val_every_n_epoch,
               deterministic=t.deterministic, logger=logger if logger is not None else False,
-              callbacks=[c for c in self._init_callbacks() if logger or not isinstance(c, LearningRateMonitor)],
               default_root_dir=str(self.run_dir), plugins=[AtomicCheckpointIO()], enable_model_summary=False)
     kw.update(overrides)
     return pl.Trainer(**kw)
-UnifiedTrainer._init_trainer = _init_trainer
 
 # %% ../nbs/07_trainer.ipynb #c10d6cc6
-def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
+@patch
+def train(self:UnifiedTrainer, resume:bool=False, # continue the newest interrupted run (or `run_dir`) from its last checkpoint
+         ) -> TrainResult:
     "Fit the model; returns a `TrainResult` (best checkpoint, metrics, MLflow run id)."
     cfg = self.config
+    if self._train_called and not resume:
+        raise RuntimeError(f"this UnifiedTrainer has already run `train()` (run directory {self.run_dir}): one trainer is one run. "
+                           "For a new run make a new `UnifiedTrainer(config)`; to continue this one, call `train(resume=True)`")
+    self._train_called = True
     from databricks_cv.distributed import train_ray, ddp_worker_run, share_run_with_ddp_workers
     if cfg.distributed.backend == "ray": return train_ray(self, resume)
     quiet_library_noise()
@@ -247,8 +259,9 @@ def train(self:UnifiedTrainer, resume:bool=False) -> TrainResult:
         _write_run_state(self.run_dir, best_checkpoint=best, global_step=self.trainer.global_step, finished=True)
         self._log_model()
     return self.result
-UnifiedTrainer.train = train
 
+# %% ../nbs/07_trainer.ipynb #c4f30866
+@patch
 def _validate_if_never_validated(self:UnifiedTrainer):
     "A run stopped (by `max_steps`) before its first validation: validate once, and keep that checkpoint as the best."
     tr, ck = self.trainer, self.best_checkpoint
@@ -260,8 +273,8 @@ def _validate_if_never_validated(self:UnifiedTrainer):
     path = Path(ck.dirpath) / f"best-step{tr.global_step:06d}.ckpt"
     tr.save_checkpoint(path)
     ck.best_model_path, ck.best_model_score, ck.best_k_models = str(path), score, {str(path): score}
-UnifiedTrainer._validate_if_never_validated = _validate_if_never_validated
 
+@patch
 def _mark_failed(self:UnifiedTrainer, error:BaseException):
     "Record a failed run in `run.json` and MLflow, and say where it is and whether it can be resumed."
     step = self.trainer.global_step if self.trainer is not None else 0
@@ -273,27 +286,67 @@ def _mark_failed(self:UnifiedTrainer, error:BaseException):
     _log.warning(f"training failed after {step} steps; its run directory is {self.run_dir} "
                  + ("(resume with `train(resume=True)` or `databricks-cv train --resume`)" if resumable
                     else "(it holds no checkpoint: the next run starts a new directory)"))
-UnifiedTrainer._mark_failed = _mark_failed
+
+# %% ../nbs/07_trainer.ipynb #e0bb5339
+@patch
+def _log_model(self:UnifiedTrainer):
+    "Log the best checkpoint as the run's MLflow model (and register it) when `tracking.log_model`; a failure is a warning."
+    t, res = self.config.tracking, self.result
+    if not (t.log_model and res is not None and res.run_id and res.best_checkpoint): return None
+    from databricks_cv.inference import log_model
+    from databricks_cv.tracking import short_http_requests
+    try:
+        with short_http_requests():  # a tracking server that is away costs seconds, not MLflow's minutes of retries
+            return log_model(res.best_checkpoint, run_id=res.run_id, tracking_uri=res.tracking_uri, registered_model_name=t.register.name,
+                             alias=t.register.alias, registry_uri=t.registry_uri)
+    except Exception as e:
+        warnings.warn(f"the model was not logged to MLflow ({type(e).__name__}: {e}); the checkpoint {res.best_checkpoint} has everything to log it later")
+
+@patch
+def _write_report(self:UnifiedTrainer, model, datamodule, split:str="test", report_dir=None):
+    "Write the evaluation report to `<run>/report` and the MLflow run (or to `report_dir` only); a failure is a warning, never an error."
+    from databricks_cv.analysis import write_report
+    state = _read_run_state(self.run_dir) if report_dir is None else {}
+    run_id = (self.result.run_id if self.result else None) or state.get("run_id") if report_dir is None else None
+    uri = (self.result.tracking_uri if self.result else None) or state.get("tracking_uri")
+    out = Path(report_dir) if report_dir is not None else self.run_dir / "report"
+    from databricks_cv.tracking import short_http_requests
+    try:
+        with short_http_requests(): self.report = write_report(model, datamodule, out, split=split, run_id=run_id, tracking_uri=uri)
+    except Exception as e:
+        self.report = None
+        warnings.warn(f"the evaluation report was not written ({type(e).__name__}: {e})")
+    return self.report
 
 # %% ../nbs/07_trainer.ipynb #b0d9d594
-def test(self:UnifiedTrainer, checkpoint=None) -> dict:
-    "Evaluate the best (or given) checkpoint on the test split (and write the evaluation report); returns the test metrics."
+@patch
+def test(self:UnifiedTrainer, checkpoint=None, # a .ckpt file written by training; default: this run's best
+         split:str="test", # "test", or "val" for the validation split
+         report_dir=None, # write the evaluation report here (not logged to MLflow); default: `<run>/report` when `training.report`
+        ) -> dict:
+    "Evaluate the best (or given) checkpoint on a split and write the evaluation report; returns the metrics (`test/...` or `val/...`)."
     from databricks_cv.model import DetectionModel
     from databricks_cv.distributed import ExactDistributedMap, ddp_worker_run
+    if split not in ("test", "val"): raise ValueError(f"`split` must be 'test' or 'val', got {split!r}")
     ckpt = checkpoint or (self.result.best_checkpoint if self.result else None)
     if ckpt is None: raise ValueError("no checkpoint to test: train first, or pass `checkpoint=`")
+    if not Path(ckpt).is_file(): raise FileNotFoundError(f"no checkpoint file {str(ckpt)!r}")
+    quiet_library_noise()
     model = DetectionModel.load_from_checkpoint(ckpt, map_location="cpu")
-    dm = self.datamodule or self._init_datamodule()
-    dm.prepare_data(); dm.setup("test")
+    dm = self.datamodule or self._init_datamodule(model.config.model.model_type)  # the checkpoint's family decides the targets
+    dm.prepare_data(); dm.setup("test" if split == "test" else "validate")
     if self.run_dir is None: self.run_dir = Path(ckpt).resolve().parent.parent
+    # its own callbacks: the run's (and `self.best_checkpoint`) stay as training left them
     trainer = self._init_trainer(self.logger or False, callbacks=[TQDMProgressBar(refresh_rate=1), ExactDistributedMap()], max_epochs=None, max_steps=-1)
-    out = trainer.test(model, datamodule=dm, verbose=False)
+    out = (trainer.test if split == "test" else trainer.validate)(model, datamodule=dm, verbose=False)
     metrics = _floats(out[0]) if out else {}
-    if self.result is not None: self.result.test_metrics = metrics
-    if self.config.training.report and not ddp_worker_run(): self._write_report(model, dm, "test")  # rank 0 writes it
+    if self.result is not None and split == "test": self.result.test_metrics = metrics
+    if (report_dir is not None or self.config.training.report) and not ddp_worker_run():  # rank 0 writes it
+        self._write_report(model, dm, split, report_dir)
     return metrics
-UnifiedTrainer.test = test
 
+# %% ../nbs/07_trainer.ipynb #6124ae73
+@patch
 def get_metrics(self:UnifiedTrainer) -> dict:
     "The run's final metrics, read back from MLflow by run id."
     from databricks_cv.tracking import get_run_metrics
@@ -302,36 +355,10 @@ def get_metrics(self:UnifiedTrainer) -> dict:
     uri = (self.result.tracking_uri if self.result else None) or state.get("tracking_uri")
     if not run_id: raise ValueError("this trainer has no MLflow run (tracking disabled, or not trained yet)")
     return get_run_metrics(uri, run_id)
-UnifiedTrainer.get_metrics = get_metrics
 
-def _tune(self:UnifiedTrainer):
+# %% ../nbs/07_trainer.ipynb #a65c1f79
+@patch
+def tune(self:UnifiedTrainer):
     "Search hyper-parameters as `distributed.tune` says (Ray Tune + ASHA; see the tune chapter); returns a `TuneResult`."
     from databricks_cv.tune import tune_search
     return tune_search(self.config)
-UnifiedTrainer.tune = _tune
-
-# %% ../nbs/07_trainer.ipynb #e0bb5339
-def _log_model(self:UnifiedTrainer):
-    "Log the best checkpoint as the run's MLflow model (and register it) when `tracking.log_model`; a failure is a warning."
-    t, res = self.config.tracking, self.result
-    if not (t.log_model and res is not None and res.run_id and res.best_checkpoint): return None
-    from databricks_cv.inference import log_model
-    try:
-        return log_model(res.best_checkpoint, run_id=res.run_id, tracking_uri=res.tracking_uri, registered_model_name=t.register.name,
-                         alias=t.register.alias, registry_uri=t.registry_uri)
-    except Exception as e:
-        warnings.warn(f"the model was not logged to MLflow ({type(e).__name__}: {e}); the checkpoint {res.best_checkpoint} has everything to log it later")
-UnifiedTrainer._log_model = _log_model
-
-def _write_report(self:UnifiedTrainer, model, datamodule, split:str="test"):
-    "Write the evaluation report to `<run>/report` and the MLflow run; a failure is a warning, never an error."
-    from databricks_cv.analysis import write_report
-    state = _read_run_state(self.run_dir)
-    run_id = (self.result.run_id if self.result else None) or state.get("run_id")
-    uri = (self.result.tracking_uri if self.result else None) or state.get("tracking_uri")
-    try: self.report = write_report(model, datamodule, self.run_dir / "report", split=split, run_id=run_id, tracking_uri=uri)
-    except Exception as e:
-        self.report = None
-        warnings.warn(f"the evaluation report was not written ({type(e).__name__}: {e})")
-    return self.report
-UnifiedTrainer._write_report = _write_report

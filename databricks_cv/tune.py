@@ -4,18 +4,18 @@
 
 # %% ../nbs/09_tune.ipynb #bfee792d
 from __future__ import annotations
-import contextlib, copy, csv, difflib, json, logging, os
+import contextlib, copy, csv, difflib, json, logging, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 import pytorch_lightning as pl
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
 from .trainer import UnifiedTrainer, new_run_dir
-from .distributed import absolute_paths, ray_cluster
+from .distributed import absolute_paths, check_ray_resources, ray_cluster
 
 # %% auto #0
-__all__ = ['DISTRIBUTIONS', 'config_with', 'parse_search_space', 'check_tune_metric', 'trial_resources', 'plan_concurrency',
-           'ReportToTune', 'TuneResult', 'tune_search']
+__all__ = ['DISTRIBUTIONS', 'TRIAL_DRIVER_MEMORY', 'config_with', 'parse_search_space', 'check_tune_metric', 'trial_resources',
+           'trial_footprint', 'plan_concurrency', 'ReportToTune', 'TuneResult', 'tune_search']
 
 # %% ../nbs/09_tune.ipynb #8dddec59
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3, "choice": None, "grid": None}  # name: number of arguments
@@ -109,34 +109,49 @@ def check_tune_metric(metric:str) -> str:
                       + (f"; did you mean {hint[0]!r}?" if hint else "") + f" (e.g. {', '.join(known[:3])}, val/loss)")
 
 # %% ../nbs/09_tune.ipynb #a3f76d01
+TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes a `backend: ray` trial reserves for its driver process (Ray refuses an empty request)
+
 def trial_resources(config:Config) -> dict:
-    "What one trial reserves: its CPUs (and a GPU with `distributed.use_gpu`)."
+    "What one trial's own process reserves in Ray Tune: its CPUs (and a GPU), or only memory when it drives Ray Train workers."
     d = config.distributed
+    if d.backend == "ray": return {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
     return {"cpu": d.cpus_per_worker, **({"gpu": 1} if d.use_gpu else {})}
+
+def trial_footprint(config:Config) -> dict:
+    "What one trial holds while it trains: its own CPUs (and GPU), or those of its `num_workers` Ray Train workers."
+    d = config.distributed
+    if d.backend != "ray": return trial_resources(config)
+    return {"cpu": d.num_workers * d.cpus_per_worker, **({"gpu": d.num_workers} if d.use_gpu else {})}
 
 def plan_concurrency(config:Config, # the search's config
                      cluster:dict, # `ray.cluster_resources()`
                      n_trials:int, # trials in the search
                     ) -> int:
     "How many trials run at once: what the cluster holds, capped by `max_concurrent_trials`; an error if that is more."
-    need = trial_resources(config)
+    need, ray_workers = trial_footprint(config), config.distributed.backend == "ray"
     fits = min(int(cluster.get(k.upper(), 0) // v) for k, v in need.items())
+    what = f"{config.distributed.num_workers} Ray workers x {config.distributed.cpus_per_worker} CPU" if ray_workers else "its own process"
     if fits < 1:
-        raise ConfigError("distributed.cpus_per_worker" if cluster.get("CPU", 0) < need["cpu"] else "distributed.use_gpu",
-                          f"a trial needs {need}, but the Ray cluster has {_resources_text(cluster)}: no trial could start")
+        key = "distributed.use_gpu" if cluster.get("CPU", 0) >= need["cpu"] else "distributed.num_workers" if ray_workers else "distributed.cpus_per_worker"
+        raise ConfigError(key, f"a trial needs {need} ({what}), but the Ray cluster has {_resources_text(cluster)}: no trial could start")
     n = config.distributed.tune.max_concurrent_trials
     if n is not None and n > fits:
         raise ConfigError("distributed.tune.max_concurrent_trials", f"is {n}, but the Ray cluster ({_resources_text(cluster)}) holds only "
-                          f"{fits} trial(s) of {need} at once: lower it, or `distributed.cpus_per_worker`")
+                          f"{fits} trial(s) of {need} ({what}) at once: lower it, or "
+                          + ("`distributed.num_workers` / `cpus_per_worker`" if ray_workers else "`distributed.cpus_per_worker`"))
     return max(1, min(n or fits, n_trials))
 
 def _resources_text(cluster): return ", ".join(f"{cluster.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
 
 # %% ../nbs/09_tune.ipynb #de0ab7f1
 class ReportToTune(pl.Callback):
-    "Report every validation's metrics to Ray Tune (one report per epoch: ASHA's unit of time); stop when Tune says so."
+    "Report each epoch's validation metrics to Ray Tune (ASHA's unit of time) once its checkpoint is written; stop when Tune says so."
+    _validated = False
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking: return
+        if not trainer.sanity_checking: self._validated = True
+    def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation and its checkpoint (Lightning saves those last)
+        if not self._validated: return
+        self._validated = False
         from ray import tune
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         try: tune.report({**metrics, "epoch": trainer.current_epoch + 1, "global_step": trainer.global_step})
@@ -147,13 +162,22 @@ class _TrialTrainer(UnifiedTrainer):
     def _init_callbacks(self): return super()._init_callbacks() + [ReportToTune()]
 
 def _run_trial(params:dict, base:dict=None, search_dir:str=None):
-    "One trial, in a Ray worker: the base config with this trial's values, trained by `UnifiedTrainer` in its own run directory."
+    "One trial, in a Ray worker: the base config with this trial's values, trained in its own run directory (here, or on Ray Train workers)."
     from ray import tune
     ctx = tune.get_context()
     cfg = config_with(config_from_dict(base), params)
     cfg.tracking.run_name = ctx.get_trial_name()
     cfg.tracking.tags = {**cfg.tracking.tags, "databricks_cv.trial_id": ctx.get_trial_id()}
-    _TrialTrainer(cfg, run_dir=Path(search_dir) / "trials" / ctx.get_trial_id()).train()
+    run_dir = Path(search_dir) / "trials" / ctx.get_trial_id()
+    if cfg.distributed.backend == "ray":  # this process drives a TorchTrainer; rank 0's epoch reports reach Tune through the callback
+        # with a storage path, the Train run is named after its run directory (the trial id) rather than "ray": Ray's
+        # Lightning callback names its temporary checkpoint folder after the job and the run, and deletes it when it starts,
+        # so trials running at once under one name deleted each other's checkpoints
+        if cfg.distributed.storage_path is None: cfg.distributed.storage_path = str(run_dir.parent)
+        from ray.tune.integration.ray_train import TuneReportCallback
+        from databricks_cv.distributed import train_ray
+        train_ray(UnifiedTrainer(cfg, run_dir=run_dir), callbacks=[TuneReportCallback()])  # made here: it needs the trial's session
+    else: _TrialTrainer(cfg, run_dir=run_dir).train()
 
 # %% ../nbs/09_tune.ipynb #2711b735
 @dataclass
@@ -172,16 +196,19 @@ class TuneResult:
     best_checkpoint: Optional[str]
     trials: list = field(default_factory=list)  # one dict per trial
 
-    def table(self) -> str:
+    def table(self, ids:bool=True, # the trial ids (unique per search); False: the trial's number in the search
+              digits:int=4, # significant digits of values and metrics
+             ) -> str:
         "The trials as a text table, best first."
         keys = list(self.best_params)
         rows = [["trial"] + keys + ["epochs", self.metric, "status"]]
         for t in self.trials:
-            rows.append([t["trial_id"]] + [_fmt(t["params"].get(k)) for k in keys] + [str(t["epochs"]), _fmt(t["best"]), t["status"]])
+            name = t["trial_id"] if ids else str(t.get("number", ""))
+            rows.append([name] + [_fmt(t["params"].get(k), digits) for k in keys] + [str(t["epochs"]), _fmt(t["best"], digits), t["status"]])
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
-def _fmt(v): return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+def _fmt(v, digits=4): return "" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 # %% ../nbs/09_tune.ipynb #f8f5b0f7
 def _trial_lines(metric):
@@ -189,7 +216,7 @@ def _trial_lines(metric):
     class TrialLines(tune.Callback):
         "One line per trial epoch on the driver instead of Ray's status tables."
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            print(f"trial {trial.trial_id} epoch {result.get('epoch', result['training_iteration'])}: {metric} {result.get(metric, float('nan')):.4f}", flush=True)
+            print(f"trial {trial.trial_id} epoch {result['training_iteration']}: {metric} {result.get(metric, float('nan')):.4f}", flush=True)  # one report per epoch
         def on_trial_complete(self, iteration, trials, trial, **info): print(f"trial {trial.trial_id} ended", flush=True)
         def on_trial_error(self, iteration, trials, trial, **info): print(f"trial {trial.trial_id} failed: see {trial.local_path}", flush=True)
     return TrialLines()
@@ -224,12 +251,20 @@ def _parent_run(config, search_dir):
     return client, run.info.run_id, uri
 
 # %% ../nbs/09_tune.ipynb #d9450318
-def _best_checkpoint(run_dir:Path) -> Optional[str]:
+def _best_checkpoint(run_dir:Path, ray_checkpoint:Optional[str]=None) -> Optional[str]:
+    "The trial's best checkpoint: as its run recorded it, the best one it saved so far, or Ray Train's of its best epoch."
     state = Path(run_dir) / "run.json"
     best = json.loads(state.read_text()).get("best_checkpoint") if state.is_file() else None
     if best: return best
     found = sorted((Path(run_dir) / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return str(found[-1]) if found else None  # a trial stopped by ASHA keeps its best checkpoint so far
+    if found: return str(found[-1])  # a trial stopped by ASHA keeps its best checkpoint so far
+    ckpt = Path(ray_checkpoint) / "checkpoint.ckpt" if ray_checkpoint else None  # a stopped trial on Ray Train workers
+    return str(ckpt) if ckpt is not None and ckpt.is_file() else None
+
+def _trial_number(trial_id:str) -> Optional[int]:
+    "The trial's place in the search (Tune's ids end in a 5-digit counter), from 1."
+    m = re.search(r"_(\d{5})$", trial_id)
+    return int(m.group(1)) + 1 if m else None
 
 def _collect(config, grid, search_dir, parent_id, uri) -> TuneResult:
     "The search's result from Tune's `ResultGrid`: one row per trial, the best trial, its config written as YAML."
@@ -238,23 +273,28 @@ def _collect(config, grid, search_dir, parent_id, uri) -> TuneResult:
     trials = []
     for r in grid:
         hist = r.metrics_dataframe
-        values = [] if hist is None or tc.metric not in hist else [float(v) for v in hist[tc.metric].dropna()]
+        rows = None if hist is None or tc.metric not in hist else hist.dropna(subset=[tc.metric])
+        values = [] if rows is None else [float(v) for v in rows[tc.metric]]
+        ray_ckpt = None
+        if values and "checkpoint_path" in rows:  # reported by Ray Train workers through `TuneReportCallback`
+            ray_ckpt = rows["checkpoint_path"].iloc[values.index(better(values))]
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
         status = "error" if r.error else "completed" if len(values) >= config.training.max_epochs else "stopped early"
-        trials.append(dict(trial_id=trial_id, params={k: r.config[k] for k in tc.search_space}, epochs=len(values),
-                           best=better(values) if values else None, history=values, status=status,
-                           run_dir=str(search_dir / "trials" / trial_id)))
+        run_dir = search_dir / "trials" / trial_id
+        trials.append(dict(trial_id=trial_id, number=_trial_number(trial_id), params={k: r.config[k] for k in tc.search_space},
+                           epochs=len(values), best=better(values) if values else None, history=values, status=status,
+                           run_dir=str(run_dir), checkpoint=_best_checkpoint(run_dir, ray_ckpt)))
     done = [t for t in trials if t["best"] is not None]
     if not done: raise RuntimeError(f"no trial reported `{tc.metric}`; the trials' logs are under {search_dir / 'ray'}")
     sign = -1 if tc.mode == "max" else 1
-    trials.sort(key=lambda t: (t["best"] is None, sign * (t["best"] or 0)))
+    trials.sort(key=lambda t: (t["best"] is None, sign * (t["best"] or 0), t["number"] or 0))
     best = trials[0]
     best_config = config_with(config, best["params"])
     best_config.distributed.tune.enabled = False
     path = save_config(best_config, search_dir / "best_config.yaml")
     return TuneResult(search_dir=search_dir, parent_run_id=parent_id, tracking_uri=uri, metric=tc.metric, mode=tc.mode,
                       best_trial_id=best["trial_id"], best_params=best["params"], best_score=best["best"], best_config=best_config,
-                      best_config_path=path, best_checkpoint=_best_checkpoint(best["run_dir"]), trials=trials)
+                      best_config_path=path, best_checkpoint=best["checkpoint"], trials=trials)
 
 def _finish_parent(client, result:TuneResult):
     "Log the trial table, the best config and score to the parent run; close every child run; close the parent."
@@ -273,21 +313,23 @@ def _finish_parent(client, result:TuneResult):
     for run in client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{pid}'"):
         trial = run.data.tags.get("databricks_cv.trial_id")
         client.set_tag(run.info.run_id, "databricks_cv.trial_status", status.get(trial, "unknown"))
-        if run.info.status == "RUNNING":  # a trial that ASHA stopped: its process ended before Lightning closed the run
-            client.set_terminated(run.info.run_id, "KILLED" if status.get(trial) == "error" else "FINISHED")
+        # a trial that Tune ended (ASHA at a rung, or any trial at its last report) may have left its run RUNNING, or
+        # FAILED when rank 0 of its Ray Train workers saw the other ranks go first: the search knows how it ended
+        if status.get(trial) == "error": want = "KILLED" if run.info.status == "RUNNING" else run.info.status
+        else: want = "FINISHED"
+        if run.info.status != want: client.set_terminated(run.info.run_id, want)
     client.set_terminated(pid, "FINISHED")
 
 # %% ../nbs/09_tune.ipynb #a5b191b5
 def tune_search(config:Config, # the base config; `distributed.tune` says what to search
+                progress:bool=True, # print one line per trial epoch, and the trial table at the end
                ) -> TuneResult:
     "Search hyper-parameters with Ray Tune and ASHA; one MLflow parent run, a child per trial; the best config as YAML."
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
     import ray
-    tc = config.distributed.tune
-    if config.distributed.backend != "local":
-        raise ConfigError("distributed.backend", "is 'ray': a search runs each trial in one process in this version; set it to 'local'")
+    tc, d = config.distributed.tune, config.distributed
     space = parse_search_space(tc.search_space, config)
     check_tune_metric(tc.metric)
     n_grid = 1
@@ -299,6 +341,8 @@ def tune_search(config:Config, # the base config; `distributed.tune` says what t
     base.tracking.log_model = base.training.report = False  # per trial: the best trial's config trains the model worth keeping
     with ray_cluster(config):  # joined, on Spark (Databricks), or local on 127.0.0.1; stopped if started here
         concurrency = plan_concurrency(config, ray.cluster_resources(), n_trials)
+        if d.backend == "ray":  # one trial's workers must also fit the nodes, not only the cluster's total
+            check_ray_resources(config, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
         search_dir = new_run_dir(base.training.output_dir, f"tune-{config.model.model_type}")
         save_config(config, search_dir / "config.yaml")
         client = parent_id = uri = None
@@ -309,14 +353,16 @@ def tune_search(config:Config, # the base config; `distributed.tune` says what t
         from databricks_cv.adapters import get_adapter
         from databricks_cv.data import DetectionDataModule
         DetectionDataModule(base.data, adapter=get_adapter(base.model.model_type)).prepare_data()  # once, before any trial
-        print(f"searching {n_trials} trials, {concurrency} at a time; {tc.metric} ({tc.mode}); results in {search_dir}", flush=True)
+        where = f" on {d.num_workers} Ray Train workers each" if d.backend == "ray" else ""
+        if progress: print(f"searching {n_trials} trials{where}, {concurrency} at a time; {tc.metric} ({tc.mode}); results in {search_dir}", flush=True)
         trainable = tune.with_parameters(_run_trial, base=config_to_dict(base), search_dir=str(search_dir))
         tuner = tune.Tuner(tune.with_resources(trainable, trial_resources(config)), param_space=space,
             tune_config=tune.TuneConfig(metric=tc.metric, mode=tc.mode, num_samples=tc.num_samples,
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=config.training.max_epochs,
                                         grace_period=tc.grace_period, reduction_factor=tc.reduction_factor),
                 search_alg=BasicVariantGenerator(random_state=config.training.seed, max_concurrent=concurrency)),
-            run_config=tune.RunConfig(name="ray", storage_path=str(search_dir), verbose=0, callbacks=[_trial_lines(tc.metric)]))
+            run_config=tune.RunConfig(name="ray", storage_path=str(search_dir), verbose=0,
+                                      callbacks=[_trial_lines(tc.metric)] if progress else []))
         try:
             with _quiet_tune(): grid = tuner.fit()
             result = _collect(config, grid, search_dir, parent_id, uri)
@@ -324,6 +370,5 @@ def tune_search(config:Config, # the base config; `distributed.tune` says what t
         except BaseException:
             if client is not None: client.set_terminated(parent_id, "FAILED")
             raise
-        print(result.table(), flush=True)
+        if progress: print(result.table(), flush=True)
         return result
-
