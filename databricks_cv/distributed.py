@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_distributed.ipynb #924f3a0c
 from __future__ import annotations
-import contextlib, json, os, shutil, sys, tempfile, time, warnings
+import contextlib, json, os, shutil, socket, sys, tempfile, time, warnings
 from pathlib import Path
 from typing import Optional
 import torch
@@ -14,10 +14,11 @@ from .trainer import (UnifiedTrainer, TrainResult, new_run_dir, latest_checkpoin
                       _read_run_state, _write_run_state, _floats)
 
 # %% auto #0
-__all__ = ['DDP_RUN_ENV', 'SHARED_STORAGE_PREFIXES', 'WORKER_ENV_KEYS', 'share_run_with_ddp_workers', 'ddp_worker_run',
-           'merge_rank_entries', 'gather_metric_entries', 'ExactDistributedMap', 'absolute_paths',
+__all__ = ['DDP_RUN_ENV', 'SHARED_STORAGE_PREFIXES', 'WORKER_ENV_KEYS', 'WORKERS_LOG', 'share_run_with_ddp_workers',
+           'ddp_worker_run', 'merge_rank_entries', 'gather_metric_entries', 'ExactDistributedMap', 'absolute_paths',
            'ClusterResourceError', 'check_ray_resources', 'setup_ray_cluster_kwargs', 'check_storage_path',
-           'databricks_credentials', 'worker_env_vars', 'ray_cluster', 'EpochLine', 'ray_train_worker', 'train_ray']
+           'databricks_credentials', 'worker_env_vars', 'ray_cluster', 'wait_for_previous_workers', 'EpochLine',
+           'ray_train_worker', 'train_ray']
 
 # %% ../nbs/08_distributed.ipynb #49d4b383
 DDP_RUN_ENV = "DATABRICKS_CV_DDP_RUN"
@@ -211,6 +212,33 @@ def ray_cluster(config:Config, # `distributed.ray_address`, `distributed.databri
             shutdown_ray_cluster()
 
 # %% ../nbs/08_distributed.ipynb #0466d0c6
+WORKERS_LOG = "ray_workers.log"  # in the run directory: one line per Ray worker started, "rank R host H pid P"
+
+def _is_ray_process(pid:int) -> bool:
+    "Whether process `pid` of this machine is alive and a Ray process (not another program that got its number since)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try: return not cmdline.exists() or b"ray" in cmdline.read_bytes()
+    except OSError: return False
+
+def wait_for_previous_workers(run_dir, # the run directory of a Ray run about to be resumed
+                              timeout:float=60, # seconds to wait for them to end
+                             ) -> list:
+    "Wait until no Ray worker of an earlier attempt of this run is alive on this machine; raise naming them if some still are."
+    log = Path(run_dir) / WORKERS_LOG
+    lines = [l.split() for l in log.read_text().splitlines()] if log.is_file() else []
+    host = socket.gethostname()
+    pids = [int(w[-1]) for w in lines if len(w) == 6 and w[2] == "host" and w[3] == host]
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if _is_ray_process(p)]) and time.monotonic() < deadline: time.sleep(0.5)
+    if alive:
+        raise RuntimeError(f"workers of an earlier attempt of the run {run_dir} are still running on this machine (pids {', '.join(map(str, alive))}), "
+                           f"{timeout:.0f} s after resuming began: they would train and log beside the resumed run. Stop them "
+                           f"(`kill {' '.join(map(str, alive))}`) or wait for Ray to end them, then resume again.")
+    return pids
+
 class EpochLine(pl.Callback):
     "Append one line per training epoch (step, monitored metric) to a file, from rank 0."
     def __init__(self, path, monitor:str): self.path, self.monitor = Path(path), monitor
@@ -230,7 +258,7 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
     cfg = config_from_dict(payload["config"]); t = cfg.training
     quiet_library_noise()
     rank = ray.train.get_context().get_world_rank()
-    with open(Path(payload["run_dir"]) / "ray_workers.log", "a") as f: f.write(f"rank {rank} pid {os.getpid()}\n")  # which process is which
+    with open(Path(payload["run_dir"]) / WORKERS_LOG, "a") as f: f.write(f"rank {rank} host {socket.gethostname()} pid {os.getpid()}\n")  # which process is which
     pl.seed_everything(t.seed, workers=True, verbose=False)
     ut = UnifiedTrainer(cfg, run_dir=payload["run_dir"])
     dm = ut._init_datamodule(); dm.setup("fit")  # the driver made the data before the workers started
@@ -332,6 +360,7 @@ def train_ray(self:UnifiedTrainer, resume:bool=False,
                 self.run_dir = next((r for r in reversed(runs) if _read_run_state(r).get("backend") == "ray"), None)
             if self.run_dir is None: raise FileNotFoundError(f"nothing to resume: no Ray run under {t.output_dir}")
             state = _read_run_state(self.run_dir)
+            wait_for_previous_workers(self.run_dir)  # a driver that died leaves its workers running for a few seconds
         elif self.run_dir is None: self.run_dir = new_run_dir(t.output_dir, cfg.model.model_type)
         else: self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = Path(self.run_dir).resolve()
