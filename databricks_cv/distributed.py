@@ -334,6 +334,7 @@ def _ray_result(self:UnifiedTrainer, result, run_id, uri, logger) -> TrainResult
                               best_score=None if best_score is None else float(best_score), last_checkpoint=last,
                               global_step=step, metrics=metrics)
     _write_run_state(self.run_dir, best_checkpoint=best, global_step=step, finished=True)
+    self._log_model()  # the MLflow model (and its registration) as after a local run
     return self.result
 
 def _copy_ray_checkpoint(checkpoint, dest:Path) -> str:
