@@ -301,11 +301,13 @@ def load_detector(path, # a folder written by `save_detector`
 
 # %% ../nbs/11_inference.ipynb #2e6ba0cf
 def _row_image(value):
-    "Bytes, or a file path, from a DataFrame cell: bytes, a path, or base64 (what JSON requests carry)."
+    "Bytes, or a file path, from a DataFrame cell: bytes, a path, or base64 (what JSON requests carry; line breaks and a `data:` URI prefix allowed)."
     if isinstance(value, (bytes, bytearray, memoryview)): return bytes(value)
     if isinstance(value, str):
         if os.path.isfile(value): return value
-        try: return base64.b64decode(value, validate=True)
+        text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value  # a data URI's payload
+        # MIME base64 (Spark's `base64`, e-mail) breaks lines every 76 characters: whitespace is not part of the data
+        try: return base64.b64decode("".join(text.split()), validate=True)
         except (binascii.Error, ValueError): pass
         raise ValueError(f"neither an existing file nor base64: {value[:60]!r}")
     raise TypeError(f"an image cell must be bytes, a base64 string or a path, got {type(value).__name__}")

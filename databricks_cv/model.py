@@ -353,6 +353,9 @@ def configure_optimizers(self:DetectionModel):
     params = [p for g in groups for p in g["params"]]
     # The fused kernel (CPU and CUDA) steps all tensors at once: on the quickstart model it saves ~20 ms a step on 2 cores.
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    # ... but it unscales gradients inside its step, so Lightning cannot clip them under mixed precision: plain AdamW then
+    trainer = self._trainer
+    if trainer is not None and "mixed" in str(trainer.precision) and trainer.gradient_clip_val: fused = False
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups], lr=t.learning_rate,
                                   fused=fused or None)
     self.total_steps = float(self.trainer.estimated_stepping_batches)
