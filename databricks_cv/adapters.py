@@ -85,7 +85,8 @@ def _format_targets(self:OutputAdapter, targets:list, meta:list) -> list:
 OutputAdapter.adapt_targets, OutputAdapter.format_targets = _adapt_targets, _format_targets
 
 # %% ../nbs/04_adapters.ipynb #ff8a9175
-def _adapt_output(self:OutputAdapter, outputs) -> dict:
+def _adapt_output(self:OutputAdapter, outputs, # the model's output: a Hugging Face `ModelOutput` or a dict
+                 ) -> dict:
     "{'logits': (B,Q,C), 'pred_boxes': (B,Q,4) cxcywh_norm} of the real queries of a model output."
     return {"logits": _field(outputs, "logits"), "pred_boxes": _field(outputs, "pred_boxes")}
 
@@ -133,7 +134,8 @@ def register_adapter(cls):
     ADAPTERS[cls.model_type] = cls
     return cls
 
-def adapter_class(model_type:str):
+def adapter_class(model_type:str, # a Hugging Face `config.model_type`, e.g. "rt_detr"
+                 ) -> type:
     "The adapter class registered for `model_type`; an unknown family is an error listing the known ones."
     if model_type in ADAPTERS: return ADAPTERS[model_type]
     known = sorted(ADAPTERS)
@@ -142,7 +144,8 @@ def adapter_class(model_type:str):
     raise KeyError(f"no adapter for model_type {model_type!r}" + (f"; did you mean {hint!r}?" if hint else "")
                    + f" Known families: {', '.join(known)}. To add one, subclass OutputAdapter and decorate it with @register_adapter.")
 
-def get_adapter(model_or_config) -> OutputAdapter:
+def get_adapter(model_or_config, # a Hugging Face model or config, a `ModelConfig`, or a `model_type` string
+               ) -> OutputAdapter:
     "The adapter for a model, a Hugging Face config, a `ModelConfig` or a `model_type` string."
     cls = adapter_class(_model_type_of(model_or_config))
     cfg = getattr(model_or_config, "config", model_or_config)
@@ -184,7 +187,8 @@ class RTDetrFamilyAdapter(SigmoidTopKAdapter):
     image_mean, image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     uses_pixel_mask = False
 
-    def adapt_output(self, outputs) -> dict:
+    def adapt_output(self, outputs, # the model's output: a Hugging Face `ModelOutput` or a dict
+                    ) -> dict:
         out = OutputAdapter.adapt_output(self, outputs)
         dn = _field(outputs, "denoising_meta_values")
         if dn and dn.get("dn_num_split"):
@@ -207,7 +211,8 @@ class Deimv2Adapter(RTDetrFamilyAdapter): model_type = "deimv2"
 # %% ../nbs/04_adapters.ipynb #4894cfa6
 class GroupDetrAdapter(SigmoidTopKAdapter):
     "LW-DETR and RF-DETR: sigmoid top-k; in training only the first of `group_detr` query groups are predictions."
-    def adapt_output(self, outputs) -> dict:
+    def adapt_output(self, outputs, # the model's output: a Hugging Face `ModelOutput` or a dict
+                    ) -> dict:
         out = OutputAdapter.adapt_output(self, outputs)
         q = getattr(self.config, "num_queries", None)
         if q is not None and out["logits"].shape[1] > q: out = {k: v[:, :q] for k, v in out.items()}

@@ -30,13 +30,15 @@ def _hw(size, like):
     return size[..., 0], size[..., 1]
 
 # %% ../nbs/01_boxes.ipynb #ef824391
-def coco_to_xyxy(boxes):
+def coco_to_xyxy(boxes, # (..., 4) absolute `coco`: a tensor, or anything `np.asarray` takes
+                ):
     "`[x_min, y_min, w, h]` -> `[x_min, y_min, x_max, y_max]`, absolute pixels."
     b = _as_float(boxes)
     x, y, w, h = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
     return _stack([x, y, x + w, y + h], b)
 
-def xyxy_to_coco(boxes):
+def xyxy_to_coco(boxes, # (..., 4) absolute `xyxy`: a tensor, or anything `np.asarray` takes
+                ):
     "`[x_min, y_min, x_max, y_max]` -> `[x_min, y_min, w, h]`, absolute pixels."
     b = _as_float(boxes)
     x0, y0, x1, y1 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]

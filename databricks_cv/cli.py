@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/20_cli.ipynb #bf6b4e6a
-def missing_data_paths(data) -> list:
+def missing_data_paths(data, # `config.data`
+                      ) -> list:
     "(key, path) for each file or folder the data config names that does not exist."
     out = []
     for split in ("train", "val", "test"):
@@ -83,7 +84,9 @@ def _check_data(config):
 # %% ../nbs/20_cli.ipynb #260c544d
 _TABLE_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100"]
 
-def metrics_table(metrics:dict, stages=("val", "test")) -> str:
+def metrics_table(metrics:dict, # `{stage}/{metric}` -> number, e.g. `TrainResult.metrics`
+                  stages=("val", "test"), # the columns, in order; a stage with no metrics is left out
+                 ) -> str:
     "A text table of the COCO metrics of each stage present in `metrics`."
     stages = [s for s in stages if any(k.startswith(f"{s}/") for k in metrics)]
     rows = [f"{'metric':<12}" + "".join(f"{s:>10}" for s in stages)]

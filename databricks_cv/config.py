@@ -211,7 +211,11 @@ class Config:
 # %% ../nbs/00_config.ipynb #cad38fff
 class ConfigError(ValueError):
     "A config problem: where (file, line, key path) and what to do."
-    def __init__(self, key:str, problem:str, source:Optional[str]=None, line:Optional[int]=None):
+    def __init__(self, key:str, # dotted key path, e.g. "training.max_epochs" ("": the config as a whole)
+                 problem:str, # what is wrong and what to do, as it follows `key` in the message, e.g. "must be >= 1, got 0"
+                 source:Optional[str]=None, # the config file named in the message (None: "config")
+                 line:Optional[int]=None, # 1-based line of `key` in `source`, when known
+                ):
         self.key, self.problem, self.source, self.line = key, problem, source, line
         where = f"{source}" if source else "config"
         if line is not None: where += f", line {line}"
@@ -315,14 +319,19 @@ def _build(cls, data:dict, prefix:str, ctx:dict):
     return obj
 
 # %% ../nbs/00_config.ipynb #9000b51b
-def config_from_dict(data:Optional[dict], source:Optional[str]=None, lines:Optional[dict]=None) -> Config:
+def config_from_dict(data:Optional[dict], # sections -> keys -> values, e.g. parsed YAML (None: all defaults)
+                     source:Optional[str]=None, # the file `data` came from, named in errors
+                     lines:Optional[dict]=None, # dotted key path -> 1-based line in `source`, for errors
+                    ) -> Config:
     "Validate a plain dict (e.g. parsed YAML) into a `Config`."
     if data is None: data = {}
     if not isinstance(data, dict): raise ConfigError("", f"the top level must be a mapping of sections, got {type(data).__name__}", source)
     return _build(Config, data, "", {"source": source, "lines": lines or {}})
 
 # %% ../nbs/00_config.ipynb #d3337dcb
-def apply_overrides(data:dict, overrides:list) -> dict:
+def apply_overrides(data:dict, # the config as plain data (not changed; None: empty)
+                    overrides:list, # `section.key=value` strings; missing sections are created
+                   ) -> dict:
     "Return a copy of `data` with dotted `key=value` overrides applied (values parsed as YAML)."
     import copy
     data = copy.deepcopy(data or {})
@@ -386,18 +395,23 @@ def load_config(path_or_preset=None, # a YAML file, a preset name, or None for t
     return config_from_dict(data, source, lines)
 
 # %% ../nbs/00_config.ipynb #bbef3138
-def config_to_dict(config:Config) -> dict:
+def config_to_dict(config:Config, # the config to convert
+                  ) -> dict:
     "The config as plain Python data (what `save_config` writes)."
     return asdict(config)
 
-def save_config(config:Config, path) -> Path:
+def save_config(config:Config, # the config to write
+                path, # the YAML file (its folder is created; an existing file is replaced)
+               ) -> Path:
     "Write `config` as YAML that `load_config` reads back equal."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
     return path
 
-def flatten_config(config, prefix:str="") -> dict:
+def flatten_config(config, # a `Config` or nested dicts
+                   prefix:str="", # put before every key, joined with a dot ("": none)
+                  ) -> dict:
     "Dotted keys to leaf values, e.g. {'training.max_epochs': 10} (for MLflow params)."
     data = config_to_dict(config) if is_dataclass(config) else config
     out = {}

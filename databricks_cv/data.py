@@ -24,7 +24,8 @@ from .transforms import resized_size, resize_image, default_train_transforms, bu
 from .coco_dataset import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, DetectionCollator, hf_detection_labels
 
 # %% ../nbs/03c_data.ipynb #a2271fd3
-def image_size(path) -> tuple:
+def image_size(path, # an image file
+              ) -> tuple:
     "Former name of `read_image_hw` (deprecated): `(height, width)` of an image file after EXIF orientation."
     import warnings
     warnings.warn("`image_size(path)` is now `read_image_hw(path)`: `image_size` names the longest edge of the config",

@@ -106,7 +106,8 @@ class ExactDistributedMap(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module): self._end("test", pl_module)
 
 # %% ../nbs/08_distributed.ipynb #f4cfd493
-def absolute_paths(config:Config) -> Config:
+def absolute_paths(config:Config, # the run's config; relative paths resolve against this process's working directory, `~` expanded
+                  ) -> Config:
     "A copy of `config` whose data paths and output directory are absolute (resolved here, on the driver)."
     d = config_to_dict(config)
     absolute = lambda p: None if p is None else str(Path(p).expanduser().resolve())
@@ -141,7 +142,8 @@ def check_ray_resources(config:Config, # `distributed.num_workers`, `cpus_per_wo
     return per_worker
 
 # %% ../nbs/08_distributed.ipynb #9c38a968
-def setup_ray_cluster_kwargs(databricks:DatabricksClusterConfig) -> dict:
+def setup_ray_cluster_kwargs(databricks:DatabricksClusterConfig, # `config.distributed.databricks`; its `options` are passed on as they are, over the named fields
+                            ) -> dict:
     "Keyword arguments of `ray.util.spark.setup_ray_cluster` from `distributed.databricks` (unset values left out)."
     kw = {k: getattr(databricks, k) for k in ("max_worker_nodes", "min_worker_nodes", "num_cpus_worker_node",
           "num_gpus_worker_node", "num_cpus_head_node", "num_gpus_head_node", "collect_log_to_path")}

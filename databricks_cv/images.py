@@ -32,13 +32,15 @@ def _to_rgb_uint8(im:Image.Image) -> np.ndarray:
     if im.mode != "RGB": im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8).copy()
 
-def load_image(path) -> np.ndarray:
+def load_image(path, # an image file (local, /Volumes/..., /dbfs/...) or a binary file object
+              ) -> np.ndarray:
     "Read an image file as HxWx3 uint8 RGB, EXIF orientation applied."
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         return _to_rgb_uint8(im)
 
-def read_image_hw(path) -> tuple:
+def read_image_hw(path, # an image file (local, /Volumes/..., /dbfs/...) or a binary file object
+                 ) -> tuple:
     "`(height, width)` of an image file after EXIF orientation, from its header (no pixel decoding)."
     with Image.open(path) as im:
         w, h = im.size
@@ -74,7 +76,8 @@ def read_coco(ann_file, # COCO JSON path (local, /Volumes/..., /dbfs/...)
                             f"which is not in `categories` (ids: {sorted(cat_ids)})")
     return data
 
-def coco_index(data:dict) -> COCO:
+def coco_index(data:dict, # COCO detection data, e.g. from `read_coco` (used as is, not copied)
+              ) -> COCO:
     "A pycocotools `COCO` object for already loaded COCO data (quietly)."
     coco = COCO()
     coco.dataset = data

@@ -86,7 +86,11 @@ class Detections:
 
 class Predictions(list):
     "`Detections` per readable image in input order; `skipped`: `(source, reason, index)` of those that could not be read."
-    def __init__(self, items=(), skipped=(), category_ids=None, id2label=None):
+    def __init__(self, items=(), # `Detections`, one per readable image, in input order
+                 skipped=(), # `(source, reason, index)` of each image that could not be read
+                 category_ids=None, # COCO category id of each label 0..K-1 (None: the label is the id)
+                 id2label=None, # label 0..K-1 -> class name
+                ):
         super().__init__(items)
         self.skipped, self.category_ids, self.id2label = list(skipped), category_ids, id2label
 

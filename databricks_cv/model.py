@@ -87,7 +87,8 @@ class CocoMeanAveragePrecision(MeanAveragePrecision):
         out.update({"map_per_class": per_map, f"mar_{mdt[-1]}_per_class": per_mar, "classes": torch.tensor(classes, dtype=torch.int32)})
         return out
 
-def make_map_metric(training:TrainingConfig) -> MeanAveragePrecision:
+def make_map_metric(training:TrainingConfig, # `config.training`; its `map_backend` picks the COCO evaluator
+                   ) -> MeanAveragePrecision:
     "COCO-style mAP (xyxy boxes, per-class numbers, one COCO evaluation) with the configured backend."
     m = CocoMeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, max_detection_thresholds=[1, 10, 100],
                              iou_thresholds=COCO_IOU_THRESHOLDS, rec_thresholds=COCO_RECALL_THRESHOLDS, backend=training.map_backend)

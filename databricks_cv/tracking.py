@@ -35,7 +35,9 @@ def resolve_tracking_uri(tracking:TrackingConfig, # the config's tracking sectio
 class TrackingError(RuntimeError):
     "The MLflow tracking store cannot be used."
 
-def check_tracking_uri(uri:str, timeout:float=5.0) -> str:
+def check_tracking_uri(uri:str, # an MLflow tracking URI: `http(s)://` must answer on /health, `sqlite:///` needs a writable folder; others pass unchecked
+                       timeout:float=5.0, # seconds to wait for an HTTP server's answer
+                      ) -> str:
     "Raise `TrackingError` (naming `uri`) unless the tracking store can be reached; return `uri`."
     if uri.startswith(("http://", "https://")):
         try:
@@ -55,18 +57,21 @@ def check_tracking_uri(uri:str, timeout:float=5.0) -> str:
 # %% ../nbs/06_tracking.ipynb #62157d02
 MAX_PARAM_KEY, MAX_PARAM_VALUE = 250, 6000
 
-def config_params(config:Config) -> dict:
+def config_params(config:Config, # the run's config
+                 ) -> dict:
     "The config flattened to MLflow params (dotted keys, strings within MLflow's length limits)."
     return {k[:MAX_PARAM_KEY]: str(v)[:MAX_PARAM_VALUE] for k, v in flatten_config(config).items()}
 
-def git_sha(path=".") -> Optional[str]:
+def git_sha(path=".", # a folder inside the git work tree
+           ) -> Optional[str]:
     "The commit of the git work tree at `path`, if any."
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
         return r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None
 
-def run_tags(config:Config) -> dict:
+def run_tags(config:Config, # the run's config (model type, `pretrained`, `tracking.tags`)
+            ) -> dict:
     "Tags every run carries."
     tags = {"databricks_cv.model_type": config.model.model_type, "databricks_cv.version": databricks_cv.__version__,
             "databricks_cv.pretrained": str(config.model.pretrained)}
@@ -76,7 +81,8 @@ def run_tags(config:Config) -> dict:
     return tags
 
 # %% ../nbs/06_tracking.ipynb #4005939b
-def artifact_location(uri:str) -> Optional[str]:
+def artifact_location(uri:str, # the tracking URI, e.g. "sqlite:///runs/mlflow.db"
+                     ) -> Optional[str]:
     "Where new experiments keep artifacts: beside a SQLite store's file; the server's choice otherwise."
     if uri.startswith("sqlite:///"): return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return None
@@ -107,7 +113,8 @@ def short_http_requests(timeout:int=15, # seconds MLflow's client waits for a co
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
-def is_outage(error:BaseException) -> bool:
+def is_outage(error:BaseException, # what an MLflow client call raised
+             ) -> bool:
     "Whether `error` from an MLflow call means the server could not be reached or did not answer (not that it refused the request)."
     import requests
     from mlflow.exceptions import MlflowException
@@ -245,7 +252,8 @@ def _submit(self:ResilientMLFlowLogger, entries:list, force:bool=False):
     self.flush(force=force or not waiting)
 
 @patch
-def flush(self:ResilientMLFlowLogger, force:bool=False) -> bool:
+def flush(self:ResilientMLFlowLogger, force:bool=False, # try now, even before the back-off's next retry
+         ) -> bool:
     "Send held writes in order, unless the back-off says to wait (`force`: try now); True when nothing is held."
     if not self.held: return True
     if not force and time.time() < self._next_try: return False
@@ -274,7 +282,8 @@ def _write_held(self:ResilientMLFlowLogger):
 # %% ../nbs/06_tracking.ipynb #e12171c8
 @patch
 @rank_zero_only
-def finalize(self:ResilientMLFlowLogger, status:str="success"):
+def finalize(self:ResilientMLFlowLogger, status:str="success", # Lightning's "success", "failed" or "finished", or an MLflow run status such as "KILLED"
+            ) -> None:
     "End the run (Lightning calls this after `fit` and `test`): send everything held; what the server still misses stays in `held_path`."
     if not self._initialized: return
     status = {"success": "FINISHED", "failed": "FAILED", "finished": "FINISHED"}.get(status, status)
@@ -331,7 +340,9 @@ def create_logger(config:Config, # the run's config
     return logger
 
 # %% ../nbs/06_tracking.ipynb #422409e6
-def get_run_metrics(tracking_uri:str, run_id:str) -> dict:
+def get_run_metrics(tracking_uri:str, # the run's tracking store
+                    run_id:str, # the MLflow run id
+                   ) -> dict:
     "The last value of every metric of an MLflow run."
     from mlflow.tracking import MlflowClient
     return dict(MlflowClient(tracking_uri).get_run(run_id).data.metrics)
@@ -367,7 +378,8 @@ class MlflowServer:
                     raise TrackingError(f"mlflow server did not start on {self.uri}; see {self.folder / 'server.log'}") from None
                 time.sleep(0.5)
 
-    def kill(self, sig:int=signal.SIGKILL):
+    def kill(self, sig:int=signal.SIGKILL, # the signal sent first (e.g. `signal.SIGTERM`); SIGKILL follows for what is left after 10 s
+            ) -> None:
         "Send `sig` to the server and its workers, and wait until they are gone."
         if self.proc is None: return
         try: os.killpg(self.proc.pid, sig)

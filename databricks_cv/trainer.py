@@ -35,7 +35,10 @@ def new_run_dir(output_dir, # parent folder of all runs
 # %% ../nbs/07_trainer.ipynb #52160092
 class AtomicCheckpointIO(TorchCheckpointIO):
     "Lightning checkpoint IO that writes to a temporary file, then renames it into place."
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
+    def save_checkpoint(self, checkpoint, # the dict Lightning saves (weights, optimizer and loop state)
+                        path, # the `.ckpt` file; its folder is created
+                        storage_options=None, # ignored (part of Lightning's `CheckpointIO` signature)
+                       ) -> None:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -72,7 +75,8 @@ def _floats(metrics) -> dict:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor)) and torch.as_tensor(v).numel() == 1}
 
 # %% ../nbs/07_trainer.ipynb #72573ec6
-def latest_checkpoint(run_dir) -> Optional[Path]:
+def latest_checkpoint(run_dir, # a run directory; its `checkpoints/last*.ckpt` are loaded to compare their steps
+                     ) -> Optional[Path]:
     "The resumable checkpoint of `run_dir` with the highest global step, or None."
     best, best_step = None, -1
     for p in (Path(run_dir) / "checkpoints").glob("last*.ckpt"):
@@ -81,7 +85,8 @@ def latest_checkpoint(run_dir) -> Optional[Path]:
         if step > best_step: best, best_step = p, step
     return best
 
-def find_resumable_run(output_dir) -> Optional[Path]:
+def find_resumable_run(output_dir, # `training.output_dir`: its run directories (those with a `run.json`), newest first
+                      ) -> Optional[Path]:
     "The newest run directory under `output_dir` with a resumable checkpoint."
     runs = sorted((p for p in Path(output_dir).glob("*") if p.is_dir() and (p / "run.json").is_file()),
                   key=lambda p: p.stat().st_mtime, reverse=True)
@@ -148,7 +153,9 @@ def plan_epochs(remaining_s:float, # budget left after this epoch, minus the fin
 
 class TimeBudget(pl.Callback):
     "Fit the number of epochs to a wall-clock budget, re-planned after every epoch; the LR schedule follows the plan."
-    def __init__(self, budget_s:float, max_epochs:int):
+    def __init__(self, budget_s:float, # wall-clock seconds from the start of `fit`, validation included (`training.max_time`)
+                 max_epochs:int, # the most epochs, however much time is left (`training.max_epochs`)
+                ):
         self.budget_s, self.max_epochs, self.start, self.val_s, self.plans = budget_s, max_epochs, None, 0.0, []
     def on_fit_start(self, trainer, pl_module): self.start = time.time()
     def on_validation_start(self, trainer, pl_module):

@@ -99,7 +99,8 @@ def parse_search_space(space:dict, # dotted config key -> {distribution: argumen
     return out
 
 # %% ../nbs/09_tune.ipynb #5df5c173
-def check_tune_metric(metric:str) -> str:
+def check_tune_metric(metric:str, # `distributed.tune.metric`, e.g. "val/map"
+                     ) -> str:
     "`metric` if training logs it at every validation; a clear error otherwise (before any trial starts)."
     from databricks_cv.model import COCO_METRICS
     known = [f"val/{k}" for k in COCO_METRICS] + ["val/loss"]
@@ -111,13 +112,15 @@ def check_tune_metric(metric:str) -> str:
 # %% ../nbs/09_tune.ipynb #a3f76d01
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes a `backend: ray` trial reserves for its driver process (Ray refuses an empty request)
 
-def trial_resources(config:Config) -> dict:
+def trial_resources(config:Config, # the search's config (`distributed.backend`, `cpus_per_worker`, `use_gpu`)
+                   ) -> dict:
     "What one trial's own process reserves in Ray Tune: its CPUs (and a GPU), or only memory when it drives Ray Train workers."
     d = config.distributed
     if d.backend == "ray": return {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
     return {"cpu": d.cpus_per_worker, **({"gpu": 1} if d.use_gpu else {})}
 
-def trial_footprint(config:Config) -> dict:
+def trial_footprint(config:Config, # the search's config (`distributed.backend`, `num_workers`, `cpus_per_worker`, `use_gpu`)
+                   ) -> dict:
     "What one trial holds while it trains: its own CPUs (and GPU), or those of its `num_workers` Ray Train workers."
     d = config.distributed
     if d.backend != "ray": return trial_resources(config)

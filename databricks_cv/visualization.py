@@ -224,7 +224,8 @@ def plot_confusion_matrix(cm:np.ndarray, # (K+1)x(K+1) counts (`confusion_matrix
     return fig
 
 # %% ../nbs/12_visualization.ipynb #7b4ea2af
-def dataset_stats(coco_gt) -> dict:
+def dataset_stats(coco_gt, # the ground truth (path, dict or COCO)
+                 ) -> dict:
     "Objects per class name, boxes per image, and sqrt(area) per box (non-crowd) of a COCO ground truth."
     gt = as_coco(coco_gt)
     anns = [a for a in gt.dataset["annotations"] if not a.get("iscrowd", 0)]
