@@ -141,7 +141,7 @@ class EarlyStoppingAfterValidation(EarlyStopping):
         if self._validated or self.monitor in trainer.callback_metrics: super()._run_early_stopping_check(trainer)
 
 # %% ../nbs/07_trainer.ipynb #89c80535
-def plan_epochs(remaining_s:float, # budget left after this epoch, minus the final test
+def plan_epochs(remaining_s:float, # budget left after this epoch, minus the evaluation that follows the fit
                 epoch_s:float, # wall time of one epoch with its validation
                 done:int, # epochs finished
                 cap:int, # `max_epochs`
@@ -153,18 +153,24 @@ def plan_epochs(remaining_s:float, # budget left after this epoch, minus the fin
 
 class TimeBudget(pl.Callback):
     "Fit the number of epochs to a wall-clock budget, re-planned after every epoch; the LR schedule follows the plan."
-    def __init__(self, budget_s:float, # wall-clock seconds from the start of `fit`, validation included (`training.max_time`)
+    def __init__(self, budget_s:float, # wall-clock seconds for the whole run: data, training, validation, final test (`training.max_time`)
                  max_epochs:int, # the most epochs, however much time is left (`training.max_epochs`)
+                 start:Optional[float]=None, # `time.time()` when the budget began (`UnifiedTrainer.train` passes its own start); default: the start of `fit`
+                 end_passes:float=1, # evaluation passes after fitting (the test; the report's predictions), each taken to cost one validation
                 ):
-        self.budget_s, self.max_epochs, self.start, self.val_s, self.plans = budget_s, max_epochs, None, 0.0, []
-    def on_fit_start(self, trainer, pl_module): self.start = time.time()
+        self.budget_s, self.max_epochs, self.start, self.end_passes = budget_s, max_epochs, start, end_passes
+        self.fit_start, self.val_s, self.plans = None, 0.0, []
+    def on_fit_start(self, trainer, pl_module):
+        self.fit_start = time.time()
+        if self.start is None: self.start = self.fit_start
     def on_validation_start(self, trainer, pl_module):
         if not trainer.sanity_checking: self._v0 = time.time()
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking: self.val_s = time.time() - self._v0
     def on_train_epoch_end(self, trainer, pl_module):
-        done, elapsed = trainer.current_epoch + 1, time.time() - self.start
-        planned = plan_epochs(self.budget_s - elapsed - self.val_s, elapsed / done, done, self.max_epochs)
+        done, now = trainer.current_epoch + 1, time.time()
+        planned = plan_epochs(self.budget_s - (now - self.start) - self.end_passes * self.val_s, (now - self.fit_start) / done,
+                              done, self.max_epochs)
         planned = trainer.strategy.broadcast(planned, src=0)  # every rank stops at the same epoch
         self.plans.append(planned)
         trainer.fit_loop.max_epochs = planned
@@ -187,7 +193,9 @@ def _init_callbacks(self:UnifiedTrainer) -> list:
                                          save_top_k=1, monitor=None, enable_version_counter=False, save_on_train_epoch_end=False))
     if t.max_time is not None:
         from databricks_cv.config import duration_seconds
-        callbacks.append(TimeBudget(duration_seconds(t.max_time), t.max_epochs))
+        # the test, and the report's second pass over the test split when there is one
+        callbacks.append(TimeBudget(duration_seconds(t.max_time), t.max_epochs, start=getattr(self, "_budget_start", None),
+                                    end_passes=2 if t.report else 1))
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingAfterValidation(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     return callbacks
@@ -219,6 +227,7 @@ def train(self:UnifiedTrainer, resume:bool=False, # continue the newest interrup
         raise RuntimeError(f"this UnifiedTrainer has already run `train()` (run directory {self.run_dir}): one trainer is one run. "
                            "For a new run make a new `UnifiedTrainer(config)`; to continue this one, call `train(resume=True)`")
     self._train_called = True
+    self._budget_start = time.time()  # `training.max_time` counts from here: making the data is part of the run
     from databricks_cv.distributed import train_ray, ddp_worker_run, share_run_with_ddp_workers
     if cfg.distributed.backend == "ray": return train_ray(self, resume)
     quiet_library_noise()
