@@ -17,7 +17,7 @@ from .config import Config, ConfigError, config_from_dict, config_to_dict, save_
 
 # %% auto #0
 __all__ = ['new_run_dir', 'AtomicCheckpointIO', 'TrainResult', 'latest_checkpoint', 'find_resumable_run', 'UnifiedTrainer',
-           'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'TimeBudget']
+           'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'TimeBudget', 'BestAndLastCheckpoint']
 
 # %% ../nbs/07_trainer.ipynb #88500962
 def new_run_dir(output_dir, # parent folder of all runs
@@ -177,15 +177,28 @@ class TimeBudget(pl.Callback):
         steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         pl_module.total_steps = float(planned * steps)  # the warm-up/cosine schedule reads it at every step
 
+# %% ../nbs/07_trainer.ipynb #5ca5f6f9
+class BestAndLastCheckpoint(ModelCheckpoint):
+    "`ModelCheckpoint` whose `last.ckpt` is written at every save point (epoch end or validation), not only where a best one was."
+    def _save_last_too(self, trainer, at_train_epoch_end:bool):
+        # skipped in a sanity check or under fast_dev_run, and where the parent already saved at this step (with its `last`)
+        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
+                and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def on_train_epoch_end(self, trainer, pl_module):
+        super().on_train_epoch_end(trainer, pl_module); self._save_last_too(trainer, True)
+    def on_validation_end(self, trainer, pl_module):
+        super().on_validation_end(trainer, pl_module); self._save_last_too(trainer, False)
+
 # %% ../nbs/07_trainer.ipynb #a7b81a16
 @patch
 def _init_callbacks(self:UnifiedTrainer) -> list:
     "The run's callbacks; the best-checkpoint one is kept as `self.best_checkpoint`."
     t = self.config.training
     ckpt_dir = self.run_dir / "checkpoints"
-    self.best_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=t.monitor, mode=t.monitor_mode, save_top_k=t.save_top_k,
-                                           save_last=True, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-                                           enable_version_counter=False)
+    self.best_checkpoint = BestAndLastCheckpoint(dirpath=ckpt_dir, monitor=t.monitor, mode=t.monitor_mode, save_top_k=t.save_top_k,
+                                                 save_last=True, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+                                                 enable_version_counter=False)
     from databricks_cv.distributed import ExactDistributedMap
     callbacks = [self.best_checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=1), ExactDistributedMap()]
     if t.checkpoint_every_n_steps:
