@@ -109,7 +109,7 @@ def cmd_train(args) -> int:
     _check_data(cfg)
     from databricks_cv.trainer import UnifiedTrainer
     ut = UnifiedTrainer(cfg)
-    res = ut.train(resume=args.resume)
+    res = ut.train(resume=args.resume, started=t0)  # `training.max_time` counts the imports too
     metrics = dict(res.metrics)
     if not args.no_test and (cfg.data.test is not None or cfg.data.images is not None or cfg.data.shapes is not None):
         metrics.update(ut.test())

@@ -233,6 +233,7 @@ def _init_trainer(self:UnifiedTrainer, logger=None, # a Lightning logger, or Fal
 # %% ../nbs/07_trainer.ipynb #c10d6cc6
 @patch
 def train(self:UnifiedTrainer, resume:bool=False, # continue the newest interrupted run (or `run_dir`) from its last checkpoint
+          started:Optional[float]=None, # `time.time()` from which `training.max_time` counts; default: now (the CLI passes its own start, so its imports count)
          ) -> TrainResult:
     "Fit the model; returns a `TrainResult` (best checkpoint, metrics, MLflow run id)."
     cfg = self.config
@@ -240,7 +241,7 @@ def train(self:UnifiedTrainer, resume:bool=False, # continue the newest interrup
         raise RuntimeError(f"this UnifiedTrainer has already run `train()` (run directory {self.run_dir}): one trainer is one run. "
                            "For a new run make a new `UnifiedTrainer(config)`; to continue this one, call `train(resume=True)`")
     self._train_called = True
-    self._budget_start = time.time()  # `training.max_time` counts from here: making the data is part of the run
+    self._budget_start = time.time() if started is None else started  # making the data is part of the run
     from databricks_cv.distributed import train_ray, ddp_worker_run, share_run_with_ddp_workers
     if cfg.distributed.backend == "ray": return train_ray(self, resume)
     quiet_library_noise()
