@@ -16,8 +16,9 @@ from fastcore.basics import patch
 from .config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 
 # %% auto #0
-__all__ = ['new_run_dir', 'AtomicCheckpointIO', 'TrainResult', 'latest_checkpoint', 'find_resumable_run', 'UnifiedTrainer',
-           'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'TimeBudget', 'BestAndLastCheckpoint']
+__all__ = ['AFTER_FIT_S', 'new_run_dir', 'AtomicCheckpointIO', 'TrainResult', 'latest_checkpoint', 'find_resumable_run',
+           'UnifiedTrainer', 'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'TimeBudget',
+           'BestAndLastCheckpoint', 'after_fit_seconds']
 
 # %% ../nbs/07_trainer.ipynb #88500962
 def new_run_dir(output_dir, # parent folder of all runs
@@ -157,8 +158,9 @@ class TimeBudget(pl.Callback):
                  max_epochs:int, # the most epochs, however much time is left (`training.max_epochs`)
                  start:Optional[float]=None, # `time.time()` when the budget began (`UnifiedTrainer.train` passes its own start); default: the start of `fit`
                  end_passes:float=1, # evaluation passes after fitting (the test; the report's predictions), each taken to cost one validation
+                 end_s:float=0, # seconds of other work after fitting (loading the best checkpoint, the MLflow model, the report's figures)
                 ):
-        self.budget_s, self.max_epochs, self.start, self.end_passes = budget_s, max_epochs, start, end_passes
+        self.budget_s, self.max_epochs, self.start, self.end_passes, self.end_s = budget_s, max_epochs, start, end_passes, end_s
         self.fit_start, self.val_s, self.plans = None, 0.0, []
     def on_fit_start(self, trainer, pl_module):
         self.fit_start = time.time()
@@ -167,10 +169,12 @@ class TimeBudget(pl.Callback):
         if not trainer.sanity_checking: self._v0 = time.time()
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking: self.val_s = time.time() - self._v0
+    def remaining(self, now:float) -> float:
+        "Seconds of the budget left at `now` for more epochs: what follows the fit is kept room for."
+        return self.budget_s - (now - self.start) - self.end_passes * self.val_s - self.end_s
     def on_train_epoch_end(self, trainer, pl_module):
         done, now = trainer.current_epoch + 1, time.time()
-        planned = plan_epochs(self.budget_s - (now - self.start) - self.end_passes * self.val_s, (now - self.fit_start) / done,
-                              done, self.max_epochs)
+        planned = plan_epochs(self.remaining(now), (now - self.fit_start) / done, done, self.max_epochs)
         planned = trainer.strategy.broadcast(planned, src=0)  # every rank stops at the same epoch
         self.plans.append(planned)
         trainer.fit_loop.max_epochs = planned
@@ -190,6 +194,18 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer, pl_module):
         super().on_validation_end(trainer, pl_module); self._save_last_too(trainer, False)
 
+# %% ../nbs/07_trainer.ipynb #a7b81a15
+# Seconds of work after the fit besides its evaluation passes, measured on a 2-core machine 1.6x slower than the one
+# the quickstart was tuned on (quickstart model, 3.8M parameters): loading the best checkpoint for the test (1 s), logging it
+# as an MLflow model (4.6 s), the report's figures and their MLflow artifacts (4.8 s); rounded up
+AFTER_FIT_S = dict(checkpoint=2.0, mlflow_model=6.0, report=6.0)
+
+def after_fit_seconds(config:Config) -> float:
+    "What `TimeBudget` keeps for the work after fitting that is not an evaluation pass, by what the config turns on."
+    t = config.tracking
+    return (AFTER_FIT_S["checkpoint"] + AFTER_FIT_S["mlflow_model"] * bool(t.enabled and t.log_model)
+            + AFTER_FIT_S["report"] * bool(config.training.report))
+
 # %% ../nbs/07_trainer.ipynb #a7b81a16
 @patch
 def _init_callbacks(self:UnifiedTrainer) -> list:
@@ -206,9 +222,9 @@ def _init_callbacks(self:UnifiedTrainer) -> list:
                                          save_top_k=1, monitor=None, enable_version_counter=False, save_on_train_epoch_end=False))
     if t.max_time is not None:
         from databricks_cv.config import duration_seconds
-        # the test, and the report's second pass over the test split when there is one
+        # the test, and the report's second pass over the test split when there is one; and the work around them
         callbacks.append(TimeBudget(duration_seconds(t.max_time), t.max_epochs, start=getattr(self, "_budget_start", None),
-                                    end_passes=2 if t.report else 1))
+                                    end_passes=2 if t.report else 1, end_s=after_fit_seconds(self.config)))
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingAfterValidation(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     return callbacks
