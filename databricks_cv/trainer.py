@@ -161,24 +161,34 @@ class TimeBudget(pl.Callback):
                  end_s:float=0, # seconds of other work after fitting (loading the best checkpoint, the MLflow model, the report's figures)
                 ):
         self.budget_s, self.max_epochs, self.start, self.end_passes, self.end_s = budget_s, max_epochs, start, end_passes, end_s
-        self.fit_start, self.val_s, self.plans = None, 0.0, []
+        self.fit_start, self.val_s, self.plans, self.epoch_s, self.spent_before, self.first_step = None, 0.0, [], [], 0.0, 0
+    def state_dict(self) -> dict:  # saved in every checkpoint: what a resumed run has already spent
+        return {} if self.start is None else {"start": self.start, "spent_s": self.spent_before + time.time() - self.start}
+    def load_state_dict(self, state:dict):
+        # resuming in a new `train()`: the time that made the checkpoint counts against the budget. A Ray worker restarted
+        # under the same driver counts from that driver's start, which holds it already.
+        if state and state.get("start") != self.start: self.spent_before = float(state["spent_s"])
     def on_fit_start(self, trainer, pl_module):
         self.fit_start = time.time()
         if self.start is None: self.start = self.fit_start
+    def on_train_start(self, trainer, pl_module):
+        self.first_step = trainer.global_step  # not 0 when resumed: the pace is measured on this process's steps only
     def on_validation_start(self, trainer, pl_module):
         if not trainer.sanity_checking: self._v0 = time.time()
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking: self.val_s = time.time() - self._v0
     def remaining(self, now:float) -> float:
         "Seconds of the budget left at `now` for more epochs: what follows the fit is kept room for."
-        return self.budget_s - (now - self.start) - self.end_passes * self.val_s - self.end_s
+        return self.budget_s - self.spent_before - (now - self.start) - self.end_passes * self.val_s - self.end_s
     def on_train_epoch_end(self, trainer, pl_module):
         done, now = trainer.current_epoch + 1, time.time()
-        planned = plan_epochs(self.remaining(now), (now - self.fit_start) / done, done, self.max_epochs)
+        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        here = (trainer.global_step - self.first_step) / steps  # epochs run by this fit (a resumed one may start mid-epoch)
+        self.epoch_s.append((now - self.fit_start) / here if here > 0 else (now - self.fit_start) / done)
+        planned = plan_epochs(self.remaining(now), self.epoch_s[-1], done, self.max_epochs)
         planned = trainer.strategy.broadcast(planned, src=0)  # every rank stops at the same epoch
         self.plans.append(planned)
         trainer.fit_loop.max_epochs = planned
-        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         pl_module.total_steps = float(planned * steps)  # the warm-up/cosine schedule reads it at every step
 
 # %% ../nbs/07_trainer.ipynb #5ca5f6f9
