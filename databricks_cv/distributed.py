@@ -251,7 +251,7 @@ class EpochLine(pl.Callback):
         with open(self.path, "a") as f:
             f.write(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {trainer.global_step}: {self.monitor} {shown}\n")
 
-def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "tracking_uri"}
+def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "tracking_uri", "budget_start"}
                     ):
     "Per-worker training function of `TorchTrainer`: rebuild data and model from the config, fit with Ray's DDP."
     import ray.train
@@ -263,6 +263,7 @@ def ray_train_worker(payload:dict, # {"config": dict, "run_dir", "run_id", "trac
     with open(Path(payload["run_dir"]) / WORKERS_LOG, "a") as f: f.write(f"rank {rank} host {socket.gethostname()} pid {os.getpid()}\n")  # which process is which
     pl.seed_everything(t.seed, workers=True, verbose=False)
     ut = UnifiedTrainer(cfg, run_dir=payload["run_dir"])
+    ut._budget_start = payload.get("budget_start")  # `training.max_time` counts from the driver's `train()`: its data and Ray's start-up too
     dm = ut._init_datamodule(); dm.setup("fit")  # the driver made the data before the workers started
     model = ut._init_model(dm)
     logger = False
@@ -380,7 +381,8 @@ def train_ray(self:UnifiedTrainer, resume:bool=False,
         _write_run_state(self.run_dir, run_id=run_id, tracking_uri=uri, backend="ray")
         dm = self.datamodule = self.datamodule or self._init_datamodule()
         dm.prepare_data()  # once, before any worker starts
-        payload = {"config": config_to_dict(cfg), "run_dir": str(self.run_dir), "run_id": run_id, "tracking_uri": uri}
+        payload = {"config": config_to_dict(cfg), "run_dir": str(self.run_dir), "run_id": run_id, "tracking_uri": uri,
+                   "budget_start": getattr(self, "_budget_start", None)}
         result = _fit_with_progress(ray_train_worker, payload, scaling, run_config, self.run_dir / "progress.log")
     if result.error: raise result.error
     return _ray_result(self, result, run_id, uri, logger)
