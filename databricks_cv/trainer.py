@@ -35,17 +35,20 @@ def new_run_dir(output_dir, # parent folder of all runs
 
 # %% ../nbs/07_trainer.ipynb #52160092
 class AtomicCheckpointIO(TorchCheckpointIO):
-    "Lightning checkpoint IO that writes to a temporary file, then renames it into place."
+    "Lightning checkpoint IO that writes to a temporary file, then renames it into place; `save_s`: its longest write, seconds."
+    save_s = 0.0  # `TimeBudget` keeps room after the fit for work that grows with the checkpoint, measured by it
     def save_checkpoint(self, checkpoint, # the dict Lightning saves (weights, optimizer and loop state)
                         path, # the `.ckpt` file; its folder is created
                         storage_options=None, # ignored (part of Lightning's `CheckpointIO` signature)
                        ) -> None:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        t0 = time.time()
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f); f.flush(); os.fsync(f.fileno())
             os.replace(tmp, path)
+            self.save_s = max(self.save_s, time.time() - t0)
         finally:
             if tmp.exists(): tmp.unlink()
 
@@ -159,8 +162,11 @@ class TimeBudget(pl.Callback):
                  start:Optional[float]=None, # `time.time()` when the budget began (`UnifiedTrainer.train` passes its own start); default: the start of `fit`
                  end_passes:float=1, # evaluation passes after fitting (the test; the report's predictions), each taken to cost one validation
                  end_s:float=0, # seconds of other work after fitting (loading the best checkpoint, the MLflow model, the report's figures)
+                 end_saves:float=2, # and work after fitting that grows with the model (loading the best checkpoint, writing and copying
+                                    # its weights as the MLflow model), in checkpoint writes as the run measured them (`AtomicCheckpointIO.save_s`)
                 ):
         self.budget_s, self.max_epochs, self.start, self.end_passes, self.end_s = budget_s, max_epochs, start, end_passes, end_s
+        self.end_saves, self.save_s = end_saves, 0.0
         self.fit_start, self.val_s, self.plans, self.epoch_s, self.spent_before, self.first_step = None, 0.0, [], [], 0.0, 0
     def state_dict(self) -> dict:  # saved in every checkpoint: what a resumed run has already spent
         return {} if self.start is None else {"start": self.start, "spent_s": self.spent_before + time.time() - self.start}
@@ -179,9 +185,11 @@ class TimeBudget(pl.Callback):
         if not trainer.sanity_checking: self.val_s = time.time() - self._v0
     def remaining(self, now:float) -> float:
         "Seconds of the budget left at `now` for more epochs: what follows the fit is kept room for."
-        return self.budget_s - self.spent_before - (now - self.start) - self.end_passes * self.val_s - self.end_s
+        return (self.budget_s - self.spent_before - (now - self.start) - self.end_passes * self.val_s - self.end_s
+                - self.end_saves * self.save_s)
     def on_train_epoch_end(self, trainer, pl_module):
         done, now = trainer.current_epoch + 1, time.time()
+        self.save_s = getattr(trainer.strategy.checkpoint_io, "save_s", 0.0)  # this run's longest checkpoint write (0 on ranks that write none)
         steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         here = (trainer.global_step - self.first_step) / steps  # epochs run by this fit (a resumed one may start mid-epoch)
         self.epoch_s.append((now - self.fit_start) / here if here > 0 else (now - self.fit_start) / done)
