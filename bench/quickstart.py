@@ -18,10 +18,10 @@ def metrics_rows(text):
     "The rows of the metrics table `databricks-cv` prints: name -> [value per column]."
     return {m.group(1): [float(x) for x in m.group(2).split()] for m in re.finditer(r"^(\w+)[ \t]+([-\d. \t]+)$", text, re.M)}
 
-def run_ours(workdir, seed=None, overrides=()):
+def run_ours(workdir, seed=None, overrides=(), preset="quickstart"):
     t0 = time.time()
     extra = ([] if seed is None else [f"training.seed={seed}"]) + list(overrides)
-    r = subprocess.run(["databricks-cv", "train", "quickstart", f"training.output_dir={workdir}/runs",
+    r = subprocess.run(["databricks-cv", "train", preset, f"training.output_dir={workdir}/runs",
                         f"data.shapes.path={workdir}/runs/shapes", *extra], capture_output=True, text=True)
     wall = time.time() - t0
     if r.returncode: sys.exit(f"databricks-cv train failed:\n{r.stderr[-3000:]}")
@@ -75,13 +75,15 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, help="training.seed (the data stay the same); default: the preset's")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for our run, e.g. --set data.batch_size=8 (repeatable)")
+    ap.add_argument("--preset", default="quickstart", help="our run's preset or YAML file (its data must be the quickstart's "
+                    "shapes set: the big evaluation reads the quickstart preset's data settings); default: quickstart")
     args = ap.parse_args()
     print(f"threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, seed: {args.seed if args.seed is not None else 'preset'}"
-          + (f", overrides: {' '.join(args.set)}" if args.set else ""))
+          + (f", overrides: {' '.join(args.set)}" if args.set else "") + f", preset: {args.preset}")
     work = Path(tempfile.mkdtemp(prefix="bench-quickstart-"))
     ours = plain = None
     if args.only in (None, "ours"):
-        wall, table, best = run_ours(work, args.seed, args.set)
+        wall, table, best = run_ours(work, args.seed, args.set, args.preset)
         ours = (wall, table.get("map_50", [None, None])[-1])
         steps = json.loads((Path(best).parent.parent / "run.json").read_text()).get("global_step")
         import yaml
