@@ -24,7 +24,8 @@ AVX-512 one train the same notebook along different paths (a tutorial's 240 step
 which no tolerance separates from a real change. On another CPU the text is still compared with every number masked
 (the same cells, outputs, labels and image sizes; spacing ignored, as numpy pads by its numbers' widths), and the
 script says that numbers were not compared.
-`--write` records the CPU it ran on for every notebook: write all the notebooks with outputs on one kind of CPU.
+`--write` records the CPU it ran on: the file's first line is the CPU most notebooks were written with, and a line
+`nbs/<notebook>.ipynb <CPU>` follows for each notebook written on another one (its numbers are compared only there).
 """
 import argparse, base64, json, math, os, re, struct, subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +50,28 @@ def cpu_capability() -> str:
     import torch
     return torch.backends.cpu.get_cpu_capability()
 
-def written_on() -> str:
-    return CPU_FILE.read_text().split()[0] if CPU_FILE.is_file() else ""
+def _cpu_records() -> tuple:
+    "(the default CPU, {notebook path relative to the root: its CPU}) from `.ci/outputs-cpu.txt`."
+    lines = [l.split() for l in (CPU_FILE.read_text().splitlines() if CPU_FILE.is_file() else []) if l.strip()]
+    if not lines: return "", {}
+    return lines[0][0], {l[0]: l[1] for l in lines[1:] if len(l) >= 2 and l[0].endswith(".ipynb")}
+
+def _rel(path) -> str: return Path(path).resolve().relative_to(ROOT).as_posix()
+
+def written_on(path=None) -> str:
+    "The CPU capability the committed outputs of `path` (default: most notebooks) were written with."
+    default, per_nb = _cpu_records()
+    return per_nb.get(_rel(path), default) if path is not None else default
+
+def record_cpu(path):
+    "Note that `path`'s outputs were just written on this CPU: the first line stays the default, other CPUs per notebook."
+    here, (default, per_nb) = cpu_capability(), _cpu_records()
+    if not default:
+        CPU_FILE.write_text(here + "\n"); return
+    per_nb.pop(_rel(path), None)
+    if here != default: per_nb[_rel(path)] = here
+    head = CPU_FILE.read_text().splitlines()[0]
+    CPU_FILE.write_text("\n".join([head] + [f"{k} {v}" for k, v in sorted(per_nb.items())]) + "\n")
 
 def same_text(a:str, b:str, numbers:bool=True) -> bool:
     "Equal apart from noise, numbers compared as numbers (integers exactly, decimals within 2% or 0.01) when `numbers`."
@@ -134,8 +155,8 @@ def rerun(path, write:bool=False) -> list:
         out = read_nb(path)
         for c in out.cells:
             if c.cell_type == "code" and c.id in fresh: c.outputs = fresh[c.id]
-        write_nb(out, path); CPU_FILE.write_text(cpu_capability() + "\n"); return []
-    problems, numbers = [], cpu_capability() == written_on()
+        write_nb(out, path); record_cpu(path); return []
+    problems, numbers = [], cpu_capability() == written_on(path)
     for cell in nb.cells:
         if cell.cell_type != "code" or skip(cell): continue
         for p in compare_cell(committed.get(cell.id, []), cell.get("outputs", []), numbers):
@@ -163,10 +184,12 @@ if __name__ == "__main__":
         problems = rerun(args.one); print(json.dumps(problems)); sys.exit(1 if problems else 0)
     paths = args.notebooks or sorted(str(p) for p in (ROOT / "nbs").rglob("*.ipynb")
                                      if ".ipynb_checkpoints" not in str(p) and not p.name.startswith("_") and has_outputs(p))
-    here, there = cpu_capability(), written_on()
-    if here != there:
-        print(f"torch runs {here} kernels on this CPU and the outputs were written with {there or 'unknown'} ones: "
-              "numbers are not compared, only text with numbers masked, layout and image sizes")
+    here = cpu_capability()
+    other = [p for p in paths if written_on(p) != here]
+    if other:
+        print(f"torch runs {here} kernels on this CPU and the outputs of {len(other)} of the {len(paths)} notebooks were "
+              f"written with other ones ({', '.join(sorted({written_on(p) or 'unknown' for p in other}))}): their numbers "
+              "are not compared, only text with numbers masked, layout and image sizes")
     with ThreadPoolExecutor(args.n_workers) as ex: results = list(ex.map(rerun_in_subprocess, paths))
     problems = [p for r in results for p in r]
     for p in problems: print(p)

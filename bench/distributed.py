@@ -1,9 +1,10 @@
-"""Throughput of Lightning DDP (2 processes x 1 thread) against one process x 2 threads for the quickstart model on CPU,
+"""Throughput of Lightning DDP (2 processes x 1 thread) against one process x 2 threads for the quickstart's RT-DETR
+(the `quickstart_rt_detr` preset, the model of the numbers in RESULTS.md) on CPU,
 and the val mAP the 2-process run logged against a single-process evaluation of the same checkpoint.
 
     python bench/distributed.py [--steps 30] [--warmup 5]
 
-Each path trains the quickstart preset for `--steps` optimiser steps (batch 4 per process) from the same seed;
+Each path trains that preset for `--steps` optimiser steps (batch 4 per process) from the same seed;
 images/s counts training images between the end of step `--warmup` and the end of the last step (start-up, data
 generation and validation left out). Run it on an idle machine: the two paths share its cores one after the other.
 """
@@ -24,7 +25,7 @@ def worker(out_dir, steps, warmup, devices):
     meter = Throughput()
     original = UnifiedTrainer._init_callbacks
     UnifiedTrainer._init_callbacks = lambda self: original(self) + [meter]
-    cfg = load_config("quickstart", [f"data.shapes.path={out_dir}/shapes", f"training.output_dir={out_dir}/runs",
+    cfg = load_config("quickstart_rt_detr", [f"data.shapes.path={out_dir}/shapes", f"training.output_dir={out_dir}/runs",
                                      f"training.max_steps={steps}", "training.max_time=null", "training.accelerator=cpu",
                                      f"training.devices={devices}", "tracking.enabled=false"])
     res = UnifiedTrainer(cfg).train()

@@ -3,7 +3,7 @@ model, data and wall-clock budget, in one run of this script.
 
     python bench/quickstart.py               # both, ~20 min on 2 cores
     python bench/quickstart.py --only ours   # just the command
-    python bench/quickstart.py --only ours --seed 1 --preset bench/dfine_quickstart.yaml   # another model, same data
+    python bench/quickstart.py --only ours --seed 1 --preset quickstart_rt_detr   # another model (its first), same data
 
 Prints wall time (goal: <= 600 s including data generation and test evaluation) and test mAP@50 (goal >= 0.80),
 and the ratio of our test mAP@50 to the plain loop's after the same wall time. Record results in bench/RESULTS.md.

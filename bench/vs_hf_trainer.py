@@ -1,7 +1,8 @@
-"""`databricks-cv train` against Hugging Face's own recipe: the quickstart's RT-DETR trained once by `databricks-cv train
-quickstart` and once by `transformers.Trainer` as the Hugging Face object-detection guide does it, on the same shapes
-images and splits and the same wall-clock budget; both models scored by pycocotools' COCOeval on the same fresh shapes
-images (seed 7, as bench/quickstart.py's big evaluation).
+"""`databricks-cv train` against Hugging Face's own recipe: the quickstart's RT-DETR (the `quickstart_rt_detr` preset: the
+quickstart's data, optimiser and budget with its first model; the quickstart itself now trains a D-FINE) trained once by
+`databricks-cv train quickstart_rt_detr` and once by `transformers.Trainer` as the Hugging Face object-detection guide
+does it, on the same shapes images and splits and the same wall-clock budget; both models scored by pycocotools'
+COCOeval on the same fresh shapes images (seed 7, as bench/quickstart.py's big evaluation).
 
     python bench/vs_hf_trainer.py                          # ours, then the guide's Trainer recipe: ~25 min on 2 cores
     python bench/vs_hf_trainer.py --only hf --hf-lr 2e-3 --workdir W   # a tuned Trainer run beside an earlier run in W
@@ -52,10 +53,10 @@ def ensure_accelerate():
 
 def preset(overrides=()):
     from databricks_cv.config import load_config
-    return load_config("quickstart", list(overrides))
+    return load_config("quickstart_rt_detr", list(overrides))
 
 def make_data(work):
-    "The preset's shapes set (same parameters as `databricks-cv train quickstart` makes), under the work folder."
+    "The preset's shapes set (same parameters as `databricks-cv train quickstart_rt_detr` makes), under the work folder."
     from databricks_cv.datasets import make_shapes_dataset
     s = preset().data.shapes
     return make_shapes_dataset(work / "shapes", s.n_images, s.image_size, s.seed, s.split_fractions, progress=False)
@@ -68,9 +69,9 @@ def make_eval_set(work, n, seed=7):
 
 # ---------------------------------------------------------------------------------------------------------- ours
 def run_ours(work, budget_min, seed):
-    "`databricks-cv train quickstart` on the work folder's shapes set; wall time of the whole command."
+    "`databricks-cv train quickstart_rt_detr` on the work folder's shapes set; wall time of the whole command."
     exe = Path(sys.executable).with_name("databricks-cv")
-    cmd = [str(exe) if exe.is_file() else "databricks-cv", "train", "quickstart", f"training.output_dir={work}/runs", f"data.shapes.path={work}/shapes",
+    cmd = [str(exe) if exe.is_file() else "databricks-cv", "train", "quickstart_rt_detr", f"training.output_dir={work}/runs", f"data.shapes.path={work}/shapes",
            f"training.seed={seed}"] + ([f"training.max_time={budget_min}"] if budget_min is not None else [])
     print("ours:", " ".join(cmd), flush=True)
     t0 = time.time()
@@ -81,7 +82,7 @@ def run_ours(work, budget_min, seed):
     best = re.search(r"^best checkpoint: (.+)$", r.stdout, re.M).group(1).strip()
     import torch
     last = torch.load(Path(best).parent / "last.ckpt", map_location="cpu", weights_only=False)
-    return {"variant": "ours", "desc": "databricks-cv train quickstart", "wall_s": wall, "steps": int(last["global_step"]),
+    return {"variant": "ours", "desc": "databricks-cv train quickstart_rt_detr", "wall_s": wall, "steps": int(last["global_step"]),
             "epochs": float(last["epoch"] + 1), "test_map_50": metrics_rows(r.stdout).get("map_50", [None])[-1],
             "checkpoint": best}
 
