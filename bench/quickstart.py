@@ -40,7 +40,7 @@ def big_eval(workdir, checkpoint, n=1000, seed=7):
     table = metrics_rows(r.stdout)
     return table["map_50"][-1], table["map"][-1]
 
-def run_plain(workdir, budget_s, big=True):
+def run_plain(workdir, budget_s, big=True, seed=None):
     """A plain PyTorch loop: same model config, same data pipeline, AdamW, no schedule, for `budget_s` seconds; (wall, test
     mAP@50, test mAP, (mAP@50, mAP) on the 1000 fresh images or None, optimiser steps)."""
     import torch
@@ -50,7 +50,7 @@ def run_plain(workdir, budget_s, big=True):
     from databricks_cv.data import DetectionDataModule
     t0 = time.time()
     cfg = load_config("quickstart", [f"data.shapes.path={workdir}/runs/shapes"])
-    torch.manual_seed(cfg.training.seed)
+    torch.manual_seed(cfg.training.seed if seed is None else seed)
     adapter = get_adapter(cfg.model.model_type)
     dm = DetectionDataModule(cfg.data, adapter=adapter); dm.prepare_data(); dm.setup("fit"); dm.setup("test")
     model = build_hf_model(cfg.model, dm.id2label)
@@ -105,7 +105,7 @@ if __name__ == "__main__":
             print(f"ours, best checkpoint on 1000 independent shapes images: mAP@50 {m50:.4f}, mAP {m:.4f}")
     if args.only in (None, "plain"):
         budget = ours[0] if ours else 600
-        plain = run_plain(work, budget, big=not args.no_big_eval)
+        plain = run_plain(work, budget, big=not args.no_big_eval, seed=args.seed)
         print(f"plain: wall {plain[0]:.0f} s, {plain[4]} steps, test mAP@50 {plain[1]:.4f}, mAP {plain[2]:.4f}")
         if plain[3]: print(f"plain, its last weights on 1000 independent shapes images (torchmetrics): mAP@50 {plain[3][0]:.4f}, "
                            f"mAP {plain[3][1]:.4f}")
