@@ -17,8 +17,8 @@ from .config import Config, ConfigError, config_from_dict, config_to_dict, save_
 
 # %% auto #0
 __all__ = ['AFTER_FIT_S', 'new_run_dir', 'AtomicCheckpointIO', 'TrainResult', 'latest_checkpoint', 'find_resumable_run',
-           'UnifiedTrainer', 'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'TimeBudget',
-           'BestAndLastCheckpoint', 'after_fit_seconds']
+           'UnifiedTrainer', 'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'partial_steps',
+           'TimeBudget', 'BestAndLastCheckpoint', 'after_fit_seconds']
 
 # %% ../nbs/07_trainer.ipynb #88500962
 def new_run_dir(output_dir, # parent folder of all runs
@@ -155,8 +155,19 @@ def plan_epochs(remaining_s:float, # budget left after this epoch, minus the eva
     more = int(max(remaining_s, 0) * (1 - margin) // epoch_s) if epoch_s > 0 else cap
     return max(done, min(cap, done + more))
 
+def partial_steps(left_s:float, # budget left once the planned whole epochs are run (after `plan_epochs`'s margin)
+                  train_s:float, # wall time of one epoch's training, without its validation
+                  end_s:float, # what a partial epoch costs besides its steps: its validation and a checkpoint write
+                  steps:int, # optimiser steps in a whole epoch
+                  least:float=0.1, # the fewest steps worth a validation, as a fraction of an epoch
+                 ) -> int:
+    "Optimiser steps of a last, partial epoch that fit in `left_s`: 0 if fewer than `least` of an epoch would."
+    n = int((left_s - end_s) / train_s * steps) if train_s > 0 else 0
+    n = min(n, steps - 1)  # a whole one would have been planned by `plan_epochs`
+    return n if n >= max(1, least * steps) else 0
+
 class TimeBudget(pl.Callback):
-    "Fit the number of epochs to a wall-clock budget, re-planned after every epoch; the LR schedule follows the plan."
+    "Fit the run's length to a wall-clock budget, re-planned after every epoch: whole epochs, then part of one; the LR schedule follows the plan."
     def __init__(self, budget_s:float, # wall-clock seconds for the whole run: data, training, validation, final test (`training.max_time`)
                  max_epochs:int, # the most epochs, however much time is left (`training.max_epochs`)
                  start:Optional[float]=None, # `time.time()` when the budget began (`UnifiedTrainer.train` passes its own start); default: the start of `fit`
@@ -164,21 +175,30 @@ class TimeBudget(pl.Callback):
                  end_s:float=0, # seconds of other work after fitting (loading the best checkpoint, the MLflow model, the report's figures)
                  end_saves:float=2, # and work after fitting that grows with the model (loading the best checkpoint, writing and copying
                                     # its weights as the MLflow model), in checkpoint writes as the run measured them (`AtomicCheckpointIO.save_s`)
+                 partial:bool=True, # use the time left after the last whole epoch for part of one (False: whole epochs only)
                 ):
         self.budget_s, self.max_epochs, self.start, self.end_passes, self.end_s = budget_s, max_epochs, start, end_passes, end_s
-        self.end_saves, self.save_s = end_saves, 0.0
+        self.end_saves, self.save_s, self.partial = end_saves, 0.0, partial
         self.fit_start, self.val_s, self.plans, self.epoch_s, self.spent_before, self.first_step = None, 0.0, [], [], 0.0, 0
-    def state_dict(self) -> dict:  # saved in every checkpoint: what a resumed run has already spent
-        return {} if self.start is None else {"start": self.start, "spent_s": self.spent_before + time.time() - self.start}
+        self.extra, self.ends, self.target_step = [], [], None  # per plan: the steps of a partial last epoch, (step, planned end); where the budget ends the fit
+    def state_dict(self) -> dict:  # saved in every checkpoint: what a resumed run has already spent, and where its budget ends it
+        return {} if self.start is None else {"start": self.start, "spent_s": self.spent_before + time.time() - self.start,
+                                              "target_step": self.target_step}
     def load_state_dict(self, state:dict):
         # resuming in a new `train()`: the time that made the checkpoint counts against the budget. A Ray worker restarted
         # under the same driver counts from that driver's start, which holds it already.
         if state and state.get("start") != self.start: self.spent_before = float(state["spent_s"])
+        if state: self.target_step = state.get("target_step")
     def on_fit_start(self, trainer, pl_module):
         self.fit_start = time.time()
         if self.start is None: self.start = self.fit_start
     def on_train_start(self, trainer, pl_module):
         self.first_step = trainer.global_step  # not 0 when resumed: the pace is measured on this process's steps only
+        # a resumed run that its budget had already ended (killed in its test, say) goes straight to the test
+        if self.target_step is not None and trainer.global_step >= self.target_step: trainer.should_stop = True
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # the planned end: Lightning validates at this batch (as for early stopping), then ends the epoch and the fit
+        if self.target_step is not None and trainer.global_step >= self.target_step: trainer.should_stop = True
     def on_validation_start(self, trainer, pl_module):
         if not trainer.sanity_checking: self._v0 = time.time()
     def on_validation_end(self, trainer, pl_module):
@@ -188,16 +208,25 @@ class TimeBudget(pl.Callback):
         return (self.budget_s - self.spent_before - (now - self.start) - self.end_passes * self.val_s - self.end_s
                 - self.end_saves * self.save_s)
     def on_train_epoch_end(self, trainer, pl_module):
+        if self.target_step is not None and trainer.global_step >= self.target_step: return  # the planned end: nothing to re-plan
         done, now = trainer.current_epoch + 1, time.time()
         self.save_s = getattr(trainer.strategy.checkpoint_io, "save_s", 0.0)  # this run's longest checkpoint write (0 on ranks that write none)
         steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         here = (trainer.global_step - self.first_step) / steps  # epochs run by this fit (a resumed one may start mid-epoch)
         self.epoch_s.append((now - self.fit_start) / here if here > 0 else (now - self.fit_start) / done)
-        planned = plan_epochs(self.remaining(now), self.epoch_s[-1], done, self.max_epochs)
-        planned = trainer.strategy.broadcast(planned, src=0)  # every rank stops at the same epoch
-        self.plans.append(planned)
-        trainer.fit_loop.max_epochs = planned
-        pl_module.total_steps = float(planned * steps)  # the warm-up/cosine schedule reads it at every step
+        rem, margin = self.remaining(now), 0.05
+        planned = plan_epochs(rem, self.epoch_s[-1], done, self.max_epochs, margin)
+        extra = 0
+        if self.partial and planned < self.max_epochs:
+            left = max(rem, 0) * (1 - margin) - (planned - done) * self.epoch_s[-1]
+            extra = partial_steps(left, self.epoch_s[-1] - self.val_s, self.val_s + self.save_s, steps)
+        planned, extra = trainer.strategy.broadcast((planned, extra), src=0)  # every rank stops at the same step
+        end = trainer.global_step + (planned - done) * steps + extra
+        self.plans.append(planned); self.extra.append(extra); self.ends.append((trainer.global_step, end))
+        trainer.fit_loop.max_epochs = planned + (extra > 0)
+        # where the budget, not `max_epochs`, ends the run, the end is kept in its checkpoints: a resume will not train past it
+        self.target_step = end if planned < self.max_epochs else None
+        pl_module.total_steps = float(end)  # the warm-up/cosine schedule reads it at every step
 
 # %% ../nbs/07_trainer.ipynb #5ca5f6f9
 class BestAndLastCheckpoint(ModelCheckpoint):
