@@ -13,7 +13,8 @@ What every family gets, whatever its preset says (the overrides applied to each 
   held-out shapes set (300 images, seed 7, all in its test split) to test the best checkpoint on
   (`data.shapes=null`, `data.train/val/test`); `data.image_size=128`, `data.batch_size=4`, `data.eval_batch_size=8`.
 - budget: `training.max_time=<budget-s / 60>` (minutes) with `training.max_epochs=1000`, so the library's `TimeBudget`
-  fits whole epochs (128 steps each) to the budget and lays the cosine schedule over them. It plans from the first
+  fits whole epochs (128 steps each) to the budget, then part of one with the time left (the table in
+  RESULTS.md was made with whole epochs only), and lays the cosine schedule over them. It plans from the first
   epoch's time, so a family always trains at least one epoch: a slow family can overrun a small budget (see "train s").
 - `tracking.enabled=false`, `training.report=false`, `training.accelerator=cpu`, `training.devices=1`.
 Everything else (model size, learning rate 1e-3 with no warm-up, gradient clip 1.0, default augmentation) is the preset's.

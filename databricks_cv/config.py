@@ -102,7 +102,8 @@ class TrainingConfig:
     "Optimisation, schedule, checkpoints and evaluation."
     max_epochs: int = 10
     max_steps: int = -1  # -1: no step limit
-    max_time: Union[float, str, None] = None  # budget for training, validation and the final test: minutes, or "HH:MM:SS"; epochs are fitted to it (`max_epochs` caps them)
+    max_time: Union[float, str, None] = None  # budget for training, validation and the final test: minutes, or "HH:MM:SS"; the run's length in epochs (and part of one) is fitted to it (`max_epochs` caps it)
+    partial_epoch: bool = True  # with `max_time`: spend what is left after the last whole epoch on part of one (false: whole epochs only)
     learning_rate: float = 1e-4
     backbone_lr_multiplier: float = 0.1  # backbone learning rate = learning_rate * this
     weight_decay: float = 1e-4  # not applied to norms and biases

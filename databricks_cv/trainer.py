@@ -272,7 +272,7 @@ def _init_callbacks(self:UnifiedTrainer) -> list:
         from databricks_cv.config import duration_seconds
         # the test, and the report's second pass over the test split when there is one; and the work around them
         callbacks.append(TimeBudget(duration_seconds(t.max_time), t.max_epochs, start=getattr(self, "_budget_start", None),
-                                    end_passes=2 if t.report else 1, end_s=after_fit_seconds(self.config)))
+                                    end_passes=2 if t.report else 1, end_s=after_fit_seconds(self.config), partial=t.partial_epoch))
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingAfterValidation(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     return callbacks
