@@ -183,12 +183,13 @@ class TimeBudget(pl.Callback):
         self.extra, self.ends, self.target_step = [], [], None  # per plan: the steps of a partial last epoch, (step, planned end); where the budget ends the fit
     def state_dict(self) -> dict:  # saved in every checkpoint: what a resumed run has already spent, and where its budget ends it
         return {} if self.start is None else {"start": self.start, "spent_s": self.spent_before + time.time() - self.start,
-                                              "target_step": self.target_step}
+                                              "target_step": self.target_step, "budget_s": self.budget_s}
     def load_state_dict(self, state:dict):
         # resuming in a new `train()`: the time that made the checkpoint counts against the budget. A Ray worker restarted
         # under the same driver counts from that driver's start, which holds it already.
         if state and state.get("start") != self.start: self.spent_before = float(state["spent_s"])
-        if state: self.target_step = state.get("target_step")
+        # The end its budget set holds for the same budget; resumed with another `max_time`, the run plans anew.
+        if state and state.get("budget_s") == self.budget_s: self.target_step = state.get("target_step")
     def on_fit_start(self, trainer, pl_module):
         self.fit_start = time.time()
         if self.start is None: self.start = self.fit_start
