@@ -196,10 +196,11 @@ class TimeBudget(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         self.first_step = trainer.global_step  # not 0 when resumed: the pace is measured on this process's steps only
         # a resumed run that its budget had already ended (killed in its test, say) goes straight to the test
-        if self.target_step is not None and trainer.global_step >= self.target_step: trainer.should_stop = True
+        if self._at_end(trainer): trainer.should_stop = True
+    def _at_end(self, trainer) -> bool: return self.target_step is not None and trainer.global_step >= self.target_step
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # the planned end: Lightning validates at this batch (as for early stopping), then ends the epoch and the fit
-        if self.target_step is not None and trainer.global_step >= self.target_step: trainer.should_stop = True
+        if self._at_end(trainer): trainer.should_stop = True
     def on_validation_start(self, trainer, pl_module):
         if not trainer.sanity_checking: self._v0 = time.time()
     def on_validation_end(self, trainer, pl_module):
@@ -209,7 +210,7 @@ class TimeBudget(pl.Callback):
         return (self.budget_s - self.spent_before - (now - self.start) - self.end_passes * self.val_s - self.end_s
                 - self.end_saves * self.save_s)
     def on_train_epoch_end(self, trainer, pl_module):
-        if self.target_step is not None and trainer.global_step >= self.target_step: return  # the planned end: nothing to re-plan
+        if self._at_end(trainer): return  # the planned end: nothing to re-plan
         done, now = trainer.current_epoch + 1, time.time()
         self.save_s = getattr(trainer.strategy.checkpoint_io, "save_s", 0.0)  # this run's longest checkpoint write (0 on ranks that write none)
         steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
