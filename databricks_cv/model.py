@@ -145,8 +145,9 @@ class DetectionModel(pl.LightningModule):
         self.category_ids = [int(c) for c in category_ids] if category_ids is not None else list(range(len(self.id2label)))
         if len(self.category_ids) != len(self.id2label):
             raise ValueError(f"{len(self.category_ids)} category_ids for {len(self.id2label)} classes in id2label")
+        # kept in checkpoints; not logged by Lightning: the tracking logs the config once, as dotted params (06_tracking)
         self.save_hyperparameters({"config": config_to_dict(self.config), "config_version": CONFIG_VERSION, "id2label": self.id2label,
-                                   "category_ids": self.category_ids})
+                                   "category_ids": self.category_ids}, logger=False)
         self._hf_config = hf_config
         self.model = self._init_model()
         self.adapter = _resolve_adapter(adapter, self.model)
@@ -254,6 +255,14 @@ def _log_map(self:DetectionModel, stage:str):
     self.log_dict(values, on_step=False, on_epoch=True)
     metric.reset()
     return values
+
+@patch
+def on_fit_start(self:DetectionModel):
+    "Tag an MLflow run with the class names, in class order (a tag, unlike a param, may change when a run is resumed)."
+    from pytorch_lightning.loggers import MLFlowLogger
+    if self.global_rank != 0: return
+    for lg in self.loggers:
+        if isinstance(lg, MLFlowLogger): lg.experiment.set_tag(lg.run_id, "classes", json.dumps([self.id2label[i] for i in range(len(self.id2label))])[:5000])
 
 @patch
 def on_train_epoch_start(self:DetectionModel):

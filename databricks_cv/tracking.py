@@ -10,14 +10,14 @@ from typing import Optional
 from fastcore.basics import patch
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
-from .config import Config, TrackingConfig, flatten_config, save_config
+from .config import Config, TrackingConfig, flatten_config, load_config, save_config
 import databricks_cv
 
 # %% auto #0
-__all__ = ['MAX_PARAM_KEY', 'MAX_PARAM_VALUE', 'HELD_FILE', 'resolve_tracking_uri', 'TrackingError', 'check_tracking_uri',
-           'config_params', 'git_sha', 'run_tags', 'artifact_location', 'short_http_requests', 'is_outage',
-           'TrackingOutageWarning', 'ResilientMLFlowLogger', 'send_held', 'create_logger', 'get_run_metrics',
-           'MlflowServer', 'mlflow_server']
+__all__ = ['MAX_PARAM_KEY', 'MAX_PARAM_VALUE', 'HELD_FILE', 'RESUMED_TAG', 'resolve_tracking_uri', 'TrackingError',
+           'check_tracking_uri', 'config_params', 'git_sha', 'run_tags', 'artifact_location', 'short_http_requests',
+           'is_outage', 'TrackingOutageWarning', 'ResilientMLFlowLogger', 'send_held', 'record_config_change',
+           'create_logger', 'get_run_metrics', 'MlflowServer', 'mlflow_server']
 
 # %% ../nbs/06_tracking.ipynb #0fc7b263
 def resolve_tracking_uri(tracking:TrackingConfig, # the config's tracking section
@@ -320,12 +320,52 @@ def send_held(path, # a file of held writes (`<run dir>/mlflow_held.jsonl`)
             tmp.write_text("".join(json.dumps(e) + "\n" for e in entries[done:])); os.replace(tmp, path)
     return done
 
+# %% ../nbs/06_tracking.ipynb #d08290fc
+RESUMED_TAG = "resumed_with."  # tag prefix of a config value a run was resumed with
+
+def _first_params(logger, run_dir) -> tuple:
+    "(params, tags) of the reopened run; while the server is away, the params of the run's first config and no tags."
+    try:
+        data = logger.experiment.get_run(logger.run_id).data
+        return dict(data.params), dict(data.tags)
+    except Exception as e:
+        if not is_outage(e): raise
+    first = Path(run_dir) / "config.yaml"
+    return (config_params(load_config(first)) if first.is_file() else None), None
+
+def record_config_change(logger, # a `ResilientMLFlowLogger` on a reopened run
+                         config:Config, # the config the run goes on with
+                         run_dir, # the run directory (its first config is `config.yaml`)
+                        ) -> dict:
+    "Log what a reopened run lacks, record each changed config value as a tag and the config as a file; returns {key: (first, now)}."
+    from mlflow.entities import Param, RunTag
+    logged, tags = _first_params(logger, run_dir)
+    if logged is None: return {}  # neither the server nor a first config to compare with
+    now = config_params(config)
+    changed = {k: (logged[k], v) for k, v in now.items() if k in logged and logged[k] != v}
+    new = [Param(k, v) for k, v in now.items() if k not in logged]
+    for i in range(0, len(new), 100): logger.experiment.log_batch(logger.run_id, params=new[i:i + 100])
+    stale = [t for t in tags or () if t.startswith(RESUMED_TAG) and t[len(RESUMED_TAG):] not in changed]
+    for t in stale: logger.experiment.delete_tag(logger.run_id, t)
+    if not changed: return changed
+    marks = [RunTag((RESUMED_TAG + k)[:MAX_PARAM_KEY], v) for k, (_, v) in changed.items()]
+    for i in range(0, len(marks), 100): logger.experiment.log_batch(logger.run_id, tags=marks[i:i + 100])
+    kept = sorted(Path(run_dir).glob("config-resumed-*.yaml"), key=lambda f: int(f.stem.rsplit("-", 1)[1]))
+    path = save_config(config, Path(run_dir) / f"config-resumed-{len(kept) + 1}.yaml")
+    if kept and kept[-1].read_text() == path.read_text(): path.unlink(); path = kept[-1]  # resumed again with the same config
+    else: logger.experiment.log_artifact(logger.run_id, str(path))
+    _log.warning(f"resumed with a config that differs from the run's first: "
+                 + "; ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+                 + f". MLflow keeps a parameter's first value: the run's tags `{RESUMED_TAG}<key>` hold the new ones, "
+                 f"and the config it goes on with is {path}")
+    return changed
+
 # %% ../nbs/06_tracking.ipynb #16ed07d0
 def create_logger(config:Config, # the run's config
                   run_dir, # the run directory (config.yaml is written there)
                   run_id:Optional[str]=None, # reopen this run (resuming) instead of starting one
                  ):
-    "A `ResilientMLFlowLogger` on the run of this training, with params, config artifact and tags logged."
+    "A `ResilientMLFlowLogger` on the run of this training, with params, config artifact and tags logged (reopened: what changed)."
     from mlflow.entities import Param
     uri = check_tracking_uri(resolve_tracking_uri(config.tracking, config.training.output_dir))
     logger = ResilientMLFlowLogger(experiment_name=config.tracking.experiment_name, run_name=config.tracking.run_name,
@@ -337,6 +377,7 @@ def create_logger(config:Config, # the run's config
         for i in range(0, len(params), 100): logger.experiment.log_batch(logger.run_id, params=params[i:i + 100])
         path = save_config(config, Path(run_dir) / "config.yaml")
         logger.experiment.log_artifact(logger.run_id, str(path))
+    else: record_config_change(logger, config, run_dir)
     return logger
 
 # %% ../nbs/06_tracking.ipynb #422409e6
