@@ -344,12 +344,12 @@ def record_config_change(logger, # a `ResilientMLFlowLogger` on a reopened run
     now = config_params(config)
     changed = {k: (logged[k], v) for k, v in now.items() if k in logged and logged[k] != v}
     new = [Param(k, v) for k, v in now.items() if k not in logged]
-    for i in range(0, len(new), 100): logger.experiment.log_batch(logger.run_id, params=new[i:i + 100])
+    if new: logger.experiment.log_batch(logger.run_id, params=new)  # the queue splits a write within MLflow's limits
     stale = [t for t in tags or () if t.startswith(RESUMED_TAG) and t[len(RESUMED_TAG):] not in changed]
     for t in stale: logger.experiment.delete_tag(logger.run_id, t)
     if not changed: return changed
     marks = [RunTag((RESUMED_TAG + k)[:MAX_PARAM_KEY], v) for k, (_, v) in changed.items()]
-    for i in range(0, len(marks), 100): logger.experiment.log_batch(logger.run_id, tags=marks[i:i + 100])
+    logger.experiment.log_batch(logger.run_id, tags=marks)
     kept = sorted(Path(run_dir).glob("config-resumed-*.yaml"), key=lambda f: int(f.stem.rsplit("-", 1)[1]))
     path = save_config(config, Path(run_dir) / f"config-resumed-{len(kept) + 1}.yaml")
     if kept and kept[-1].read_text() == path.read_text(): path.unlink(); path = kept[-1]  # resumed again with the same config
