@@ -20,7 +20,7 @@ from .adapters import OutputAdapter, get_adapter, build_hf_config
 
 # %% auto #0
 __all__ = ['COCO_METRICS', 'COCO_IOU_THRESHOLDS', 'COCO_RECALL_THRESHOLDS', 'CocoMeanAveragePrecision', 'make_map_metric',
-           'map_metrics', 'DetectionModel', 'parameter_groups', 'warmup_cosine_factor']
+           'map_metrics', 'DetectionModel', 'classes_tags', 'parameter_groups', 'warmup_cosine_factor']
 
 # %% ../nbs/05_model.ipynb #6f524214
 COCO_METRICS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
@@ -246,6 +246,17 @@ def validation_step(self:DetectionModel, batch, batch_idx): self._step(batch, "v
 @patch
 def test_step(self:DetectionModel, batch, batch_idx): self._step(batch, "test")
 
+# %% ../nbs/05_model.ipynb #795d4b0a
+def classes_tags(names:list, # class names in class order (`id2label[0]`, `id2label[1]`, ...)
+                 limit:int=5000, # the most characters of a tag value kept (MLflow refuses longer ones on some stores)
+                ) -> dict:
+    "MLflow tags for the class names: `classes`, a JSON list (as many names as fit in `limit`, always valid JSON), and `num_classes`."
+    names, size = [str(x) for x in names], 2  # the brackets
+    for k, name in enumerate(names):
+        size += len(json.dumps(name)) + 2 * (k > 0)  # the name, quoted, and ", " before it
+        if size > limit: return {"classes": json.dumps(names[:k]), "num_classes": str(len(names))}
+    return {"classes": json.dumps(names), "num_classes": str(len(names))}
+
 # %% ../nbs/05_model.ipynb #795d4b00
 @patch
 def _log_map(self:DetectionModel, stage:str):
@@ -262,7 +273,8 @@ def on_fit_start(self:DetectionModel):
     from pytorch_lightning.loggers import MLFlowLogger
     if self.global_rank != 0: return
     for lg in self.loggers:
-        if isinstance(lg, MLFlowLogger): lg.experiment.set_tag(lg.run_id, "classes", json.dumps([self.id2label[i] for i in range(len(self.id2label))])[:5000])
+        if isinstance(lg, MLFlowLogger):
+            for k, v in classes_tags([self.id2label[i] for i in range(len(self.id2label))]).items(): lg.experiment.set_tag(lg.run_id, k, v)
 
 @patch
 def on_train_epoch_start(self:DetectionModel):

@@ -18,7 +18,7 @@ from .config import Config, ConfigError, config_from_dict, config_to_dict, save_
 # %% auto #0
 __all__ = ['AFTER_FIT_S', 'new_run_dir', 'AtomicCheckpointIO', 'TrainResult', 'latest_checkpoint', 'find_resumable_run',
            'UnifiedTrainer', 'quiet_library_noise', 'EarlyStoppingAfterValidation', 'plan_epochs', 'partial_steps',
-           'TimeBudget', 'BestAndLastCheckpoint', 'after_fit_seconds']
+           'TimeBudget', 'epoch_cut', 'BestAndLastCheckpoint', 'after_fit_seconds']
 
 # %% ../nbs/07_trainer.ipynb #88500962
 def new_run_dir(output_dir, # parent folder of all runs
@@ -181,6 +181,8 @@ class TimeBudget(pl.Callback):
         self.end_saves, self.save_s, self.partial = end_saves, 0.0, partial
         self.fit_start, self.val_s, self.plans, self.epoch_s, self.spent_before, self.first_step = None, 0.0, [], [], 0.0, 0
         self.extra, self.ends, self.target_step = [], [], None  # per plan: the steps of a partial last epoch, (step, planned end); where the budget ends the fit
+        self.sanity_s, self.sanity_batches, self.cut, self.warned = 0.0, 0, None, None  # see "A budget shorter than one epoch"
+        self._t1, self._next_check = None, None
     def state_dict(self) -> dict:  # saved in every checkpoint: what a resumed run has already spent, and where its budget ends it
         return {} if self.start is None else {"start": self.start, "spent_s": self.spent_before + time.time() - self.start,
                                               "target_step": self.target_step, "budget_s": self.budget_s}
@@ -199,8 +201,13 @@ class TimeBudget(pl.Callback):
         if self._at_end(trainer): trainer.should_stop = True
     def _at_end(self, trainer) -> bool: return self.target_step is not None and trainer.global_step >= self.target_step
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # before this fit's first plan, an epoch too long for the budget is cut short (`_check_epoch`, below)
+        if not self.plans and (self.target_step is None or self.cut is not None): self._check_epoch(trainer, pl_module, batch_idx)
         # the planned end: Lightning validates at this batch (as for early stopping), then ends the epoch and the fit
         if self._at_end(trainer): trainer.should_stop = True
+    def on_sanity_check_start(self, trainer, pl_module): self._s0 = time.time()
+    def on_sanity_check_end(self, trainer, pl_module):  # a first measure of validation: its batches' time
+        self.sanity_s, self.sanity_batches = time.time() - self._s0, int(sum(trainer.num_sanity_val_batches))
     def on_validation_start(self, trainer, pl_module):
         if not trainer.sanity_checking: self._v0 = time.time()
     def on_validation_end(self, trainer, pl_module):
@@ -217,6 +224,7 @@ class TimeBudget(pl.Callback):
         here = (trainer.global_step - self.first_step) / steps  # epochs run by this fit (a resumed one may start mid-epoch)
         self.epoch_s.append((now - self.fit_start) / here if here > 0 else (now - self.fit_start) / done)
         rem, margin = self.remaining(now), 0.05
+        if not self.plans and rem < 0: self._warn_late(trainer, -rem)  # the first epoch alone overran the budget
         planned = plan_epochs(rem, self.epoch_s[-1], done, self.max_epochs, margin)
         extra = 0
         if self.partial and planned < self.max_epochs:
@@ -229,6 +237,78 @@ class TimeBudget(pl.Callback):
         # where the budget, not `max_epochs`, ends the run, the end is kept in its checkpoints: a resume will not train past it
         self.target_step = end if planned < self.max_epochs else None
         pl_module.total_steps = float(end)  # the warm-up/cosine schedule reads it at every step
+
+# %% ../nbs/07_trainer.ipynb #e0c7a002
+def epoch_cut(left_s:float, # budget left now for this epoch's steps and the validation that would end it (the margin taken off)
+              step_s:float, # seconds per optimiser step, as measured
+              val_s:float, # that validation and its checkpoint write
+              steps:int, # optimiser steps in the whole epoch
+              done:int, # of them taken
+              least:float=0.1, # the fewest steps of an epoch worth training and validating, as a fraction of it
+             ) -> Optional[int]:
+    "Steps more to take in an epoch that cannot finish within `left_s`, before it validates and the run ends; None where it can."
+    if done >= steps: return None  # the epoch is over: its end plans as usual
+    more = math.floor((left_s - val_s) / step_s) if step_s > 0 else steps
+    if done + more >= steps: return None
+    return max(more, math.ceil(least * steps) - done, 0)
+
+# %% ../nbs/07_trainer.ipynb #e0c7a005
+@patch
+def val_estimate(self:TimeBudget, trainer, step_s:float) -> float:
+    "Seconds of one validation: as measured once there was one; before, from the sanity check's batches, else a training step's time per batch."
+    if self.val_s: return self.val_s
+    n = sum(b for b in trainer.num_val_batches if math.isfinite(b))
+    return n * (self.sanity_s / self.sanity_batches if self.sanity_batches else step_s)
+
+@patch
+def time_left(self:TimeBudget, now:float, val_s:float) -> float:
+    "`remaining` before any validation was measured: room kept for the evaluation passes at `val_s` each."
+    return self.remaining(now) - self.end_passes * (val_s - self.val_s)
+
+@patch
+def _check_epoch(self:TimeBudget, trainer, pl_module, batch_idx:int):
+    "Before the first plan: end the epoch early where it cannot finish within the budget (or say how late the run will end)."
+    acc = trainer.accumulate_grad_batches
+    if (batch_idx + 1) % acc: return  # inside one optimiser step
+    n, now = trainer.global_step - self.first_step, time.time()  # optimiser steps of this fit
+    if n == 1: self._t1 = now  # the pace counts from here: the first step carries start-up costs
+    steps = math.ceil(trainer.num_training_batches / acc)
+    if self._next_check is None: self._next_check = max(3, math.ceil(0.05 * steps))
+    if n < self._next_check or self._t1 is None: return
+    self._next_check *= 2  # the same steps on every rank: all of them take part in the broadcast below
+    step_s, done = (now - self._t1) / (n - 1), (batch_idx + 1) // acc
+    val = self.val_estimate(trainer, step_s)
+    self.pace, self.checked_at = (step_s, val), trainer.global_step
+    rem = self.time_left(now, val)
+    more = epoch_cut(rem * 0.95 if rem > 0 else rem, step_s, val + self.save_s, steps, done)
+    more = trainer.strategy.broadcast(more, src=0)  # every rank stops at the same step
+    if more is None and self.cut is None: return  # the epoch fits
+    need = self.budget_s - rem + (steps - done) * step_s + val + self.save_s  # the whole run with this epoch whole
+    if not self.partial: return self._warn_late(trainer, need - self.budget_s, need)  # whole epochs only: it runs on
+    more = steps - done if more is None else more  # cut before, it now fits: it ends with this epoch
+    self.target_step, self.cut = trainer.global_step + more, (done + more, steps)
+    trainer.fit_loop.max_epochs = trainer.current_epoch + 1
+    pl_module.total_steps = float(self.target_step)  # the schedule ends at its floor there
+    if self.warned is None:
+        self.warned = "cut"
+        if trainer.is_global_zero:
+            _log.warning(f"training.max_time ({self.budget_s:.0f} s) is too short for one epoch with its validation and the test here "
+                         f"(about {need:.0f} s: {steps} steps of {step_s:.2f} s, a validation of about {val:.0f} s): training stops after "
+                         f"step {done + more} of this epoch's {steps}, validates there and ends within the budget. For a whole epoch, "
+                         f"give training.max_time at least {math.ceil(need / 0.95 / 60)} minutes")
+
+@patch
+def _warn_late(self:TimeBudget, trainer, late_s:float, # how much later than the budget the run will end
+               need_s:Optional[float]=None, # the whole run's time, where known
+              ):
+    "Say once (rank 0) that this run will end past its budget."
+    if self.warned is not None: return
+    self.warned = "late"
+    if trainer.is_global_zero:
+        _log.warning(f"training.max_time ({self.budget_s:.0f} s) is shorter than one epoch with its validation and the test here: "
+                     f"the run will end about {late_s:.0f} s late"
+                     + ("" if self.partial else " (training.partial_epoch is false: whole epochs only)")
+                     + ("" if need_s is None else f". Give training.max_time at least {math.ceil(need_s / 0.95 / 60)} minutes"))
 
 # %% ../nbs/07_trainer.ipynb #5ca5f6f9
 class BestAndLastCheckpoint(ModelCheckpoint):
