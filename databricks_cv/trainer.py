@@ -167,7 +167,7 @@ def partial_steps(left_s:float, # budget left once the planned whole epochs are 
     return n if n >= max(1, least * steps) else 0
 
 class TimeBudget(pl.Callback):
-    "Fit the run's length to a wall-clock budget, re-planned after every epoch: whole epochs, then part of one; the LR schedule follows the plan."
+    "Fit the run's length to a wall-clock budget, re-planned after every epoch: whole epochs, then part of one (or a first epoch cut short); the LR schedule follows the plan."
     def __init__(self, budget_s:float, # wall-clock seconds for the whole run: data, training, validation, final test (`training.max_time`)
                  max_epochs:int, # the most epochs, however much time is left (`training.max_epochs`)
                  start:Optional[float]=None, # `time.time()` when the budget began (`UnifiedTrainer.train` passes its own start); default: the start of `fit`
@@ -182,7 +182,7 @@ class TimeBudget(pl.Callback):
         self.fit_start, self.val_s, self.plans, self.epoch_s, self.spent_before, self.first_step = None, 0.0, [], [], 0.0, 0
         self.extra, self.ends, self.target_step = [], [], None  # per plan: the steps of a partial last epoch, (step, planned end); where the budget ends the fit
         self.sanity_s, self.sanity_batches, self.cut, self.warned = 0.0, 0, None, None  # see "A budget shorter than one epoch"
-        self._t1, self._next_check = None, None
+        self._t1, self._next_check, self.pace, self.checked_at = None, None, None, None  # (s/step, s/validation) at the last check, and its step
     def state_dict(self) -> dict:  # saved in every checkpoint: what a resumed run has already spent, and where its budget ends it
         return {} if self.start is None else {"start": self.start, "spent_s": self.spent_before + time.time() - self.start,
                                               "target_step": self.target_step, "budget_s": self.budget_s}
