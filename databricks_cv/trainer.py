@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_trainer.ipynb #1f4b4181
 from __future__ import annotations
-import json, logging, math, os, time, warnings
+import json, logging, math, os, sys, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
@@ -253,6 +253,11 @@ def epoch_cut(left_s:float, # budget left now for this epoch's steps and the val
     return max(more, math.ceil(least * steps) - done, 0)
 
 # %% ../nbs/07_trainer.ipynb #e0c7a005
+def _warn_between_bars(message:str):
+    "Log a warning on a line of its own while a progress bar is drawn (bars are cleared before it and redrawn after)."
+    from tqdm import tqdm
+    with tqdm.external_write_mode(file=sys.stderr): _log.warning(message)
+
 @patch
 def val_estimate(self:TimeBudget, trainer, step_s:float) -> float:
     "Seconds of one validation: as measured once there was one; before, from the sanity check's batches, else a training step's time per batch."
@@ -292,7 +297,7 @@ def _check_epoch(self:TimeBudget, trainer, pl_module, batch_idx:int):
     if self.warned is None:
         self.warned = "cut"
         if trainer.is_global_zero:
-            _log.warning(f"training.max_time ({self.budget_s:.0f} s) is too short for one epoch with its validation and the test here "
+            _warn_between_bars(f"training.max_time ({self.budget_s:.0f} s) is too short for one epoch with its validation and the test here "
                          f"(about {need:.0f} s: {steps} steps of {step_s:.2f} s, a validation of about {val:.0f} s): training stops after "
                          f"step {done + more} of this epoch's {steps}, validates there and ends within the budget. For a whole epoch, "
                          f"give training.max_time at least {math.ceil(need / 0.95 / 60)} minutes")
@@ -305,7 +310,7 @@ def _warn_late(self:TimeBudget, trainer, late_s:float, # how much later than the
     if self.warned is not None: return
     self.warned = "late"
     if trainer.is_global_zero:
-        _log.warning(f"training.max_time ({self.budget_s:.0f} s) is shorter than one epoch with its validation and the test here: "
+        _warn_between_bars(f"training.max_time ({self.budget_s:.0f} s) is shorter than one epoch with its validation and the test here: "
                      f"the run will end about {late_s:.0f} s late"
                      + ("" if self.partial else " (training.partial_epoch is false: whole epochs only)")
                      + ("" if need_s is None else f". Give training.max_time at least {math.ceil(need_s / 0.95 / 60)} minutes"))
