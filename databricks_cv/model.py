@@ -251,11 +251,11 @@ def classes_tags(names:list, # class names in class order (`id2label[0]`, `id2la
                  limit:int=5000, # the most characters of a tag value kept (MLflow refuses longer ones on some stores)
                 ) -> dict:
     "MLflow tags for the class names: `classes`, a JSON list (as many names as fit in `limit`, always valid JSON), and `num_classes`."
-    names, size = [str(x) for x in names], 2  # the brackets
+    names, size, fit = [str(x) for x in names], 2, len(names)  # 2: the brackets
     for k, name in enumerate(names):
         size += len(json.dumps(name)) + 2 * (k > 0)  # the name, quoted, and ", " before it
-        if size > limit: return {"classes": json.dumps(names[:k]), "num_classes": str(len(names))}
-    return {"classes": json.dumps(names), "num_classes": str(len(names))}
+        if size > limit: fit = k; break
+    return {"classes": json.dumps(names[:fit]), "num_classes": str(len(names))}
 
 # %% ../nbs/05_model.ipynb #795d4b00
 @patch

@@ -168,6 +168,7 @@ def partial_steps(left_s:float, # budget left once the planned whole epochs are 
 
 class TimeBudget(pl.Callback):
     "Fit the run's length to a wall-clock budget, re-planned after every epoch: whole epochs, then part of one (or a first epoch cut short); the LR schedule follows the plan."
+    margin = 0.05  # fraction of the time left that every plan keeps free
     def __init__(self, budget_s:float, # wall-clock seconds for the whole run: data, training, validation, final test (`training.max_time`)
                  max_epochs:int, # the most epochs, however much time is left (`training.max_epochs`)
                  start:Optional[float]=None, # `time.time()` when the budget began (`UnifiedTrainer.train` passes its own start); default: the start of `fit`
@@ -223,7 +224,7 @@ class TimeBudget(pl.Callback):
         steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         here = (trainer.global_step - self.first_step) / steps  # epochs run by this fit (a resumed one may start mid-epoch)
         self.epoch_s.append((now - self.fit_start) / here if here > 0 else (now - self.fit_start) / done)
-        rem, margin = self.remaining(now), 0.05
+        rem, margin = self.remaining(now), self.margin
         if not self.plans and rem < 0: self._warn_late(trainer, -rem)  # the first epoch alone overran the budget
         planned = plan_epochs(rem, self.epoch_s[-1], done, self.max_epochs, margin)
         extra = 0
@@ -285,7 +286,7 @@ def _check_epoch(self:TimeBudget, trainer, pl_module, batch_idx:int):
     val = self.val_estimate(trainer, step_s)
     self.pace, self.checked_at = (step_s, val), trainer.global_step
     rem = self.time_left(now, val)
-    more = epoch_cut(rem * 0.95 if rem > 0 else rem, step_s, val + self.save_s, steps, done)
+    more = epoch_cut(rem * (1 - self.margin) if rem > 0 else rem, step_s, val + self.save_s, steps, done)
     more = trainer.strategy.broadcast(more, src=0)  # every rank stops at the same step
     if more is None and self.cut is None: return  # the epoch fits
     need = self.budget_s - rem + (steps - done) * step_s + val + self.save_s  # the whole run with this epoch whole
@@ -300,7 +301,7 @@ def _check_epoch(self:TimeBudget, trainer, pl_module, batch_idx:int):
             _warn_between_bars(f"training.max_time ({self.budget_s:.0f} s) is too short for one epoch with its validation and the test here "
                          f"(about {need:.0f} s: {steps} steps of {step_s:.2f} s, a validation of about {val:.0f} s): training stops after "
                          f"step {done + more} of this epoch's {steps}, validates there and ends within the budget. For a whole epoch, "
-                         f"give training.max_time at least {math.ceil(need / 0.95 / 60)} minutes")
+                         f"give training.max_time at least {math.ceil(need / (1 - self.margin) / 60)} minutes")
 
 @patch
 def _warn_late(self:TimeBudget, trainer, late_s:float, # how much later than the budget the run will end
@@ -313,7 +314,7 @@ def _warn_late(self:TimeBudget, trainer, late_s:float, # how much later than the
         _warn_between_bars(f"training.max_time ({self.budget_s:.0f} s) is shorter than one epoch with its validation and the test here: "
                      f"the run will end about {late_s:.0f} s late"
                      + ("" if self.partial else " (training.partial_epoch is false: whole epochs only)")
-                     + ("" if need_s is None else f". Give training.max_time at least {math.ceil(need_s / 0.95 / 60)} minutes"))
+                     + ("" if need_s is None else f". Give training.max_time at least {math.ceil(need_s / (1 - self.margin) / 60)} minutes"))
 
 # %% ../nbs/07_trainer.ipynb #5ca5f6f9
 class BestAndLastCheckpoint(ModelCheckpoint):
